@@ -1,0 +1,367 @@
+"""A prepared dataset: weekday samples, node split, normalisation stats and the KG, in one folder.
+
+Folder layout written by :meth:`PreparedDataset.save`::
+
+    days/                        datasets.save_to_disk: one row per (node, day) with node_id, date,
+                                 values Array2D(T, D) float32 (data units), valid bool
+    days.parquet                 the same rows as a parquet file
+    nodes.csv                    the node table (node_id, lat, lon, entity, split, attributes)
+    kg/                          KnowledgeGraph.save (triples.tsv, entity2id.txt, relation2id.txt)
+    kg_embeddings.safetensors    TuckER embeddings (only when present)
+    prepared.json                name, feature names, interval, steps per day, stats, dates, report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from datasets.features.features import Array2DExtensionType
+
+from ..kg.graph import KnowledgeGraph
+from ..kg.tucker import load_kg_embeddings, save_kg_embeddings
+from .days import DEFAULT_MAX_MISSING_FRACTION, feature_stats, make_day_samples, split_nodes_by_latitude
+from .series import SpatioTemporalData
+
+logger = logging.getLogger(__name__)
+
+DAYS_DIR = "days"
+DAYS_PARQUET = "days.parquet"
+NODES_FILE = "nodes.csv"
+KG_DIR = "kg"
+EMBEDDINGS_FILE = "kg_embeddings.safetensors"
+META_FILE = "prepared.json"
+FOLDER_ENTRIES = (DAYS_DIR, DAYS_PARQUET, NODES_FILE, KG_DIR, EMBEDDINGS_FILE, META_FILE)
+SPLITS = ("train", "test")
+
+
+@dataclass
+class PreparedDataset:
+    """Everything training and evaluation read: day samples, node split, stats and the urban KG.
+
+    Attributes:
+        name: dataset name (e.g. ``"pems_bay_16"``).
+        days: ``(N, S, T, D)`` float32 in data units, gaps interpolated; 0 where ``day_mask`` is False.
+        day_mask: ``(N, S)`` bool, True = a usable real day.
+        dates: ``(S,)`` ISO dates of the day axis.
+        node_table: ``node_id``, ``lat``, ``lon``, ``entity``, ``split`` (``"train"`` / ``"test"``) and any
+            attributes; row order = axis 0 of ``days``.
+        feature_names: ``(D,)`` feature names.
+        interval_minutes: minutes per step (T = 1440 / interval_minutes).
+        feature_mean, feature_std: ``(D,)`` float32 over the train nodes' valid days, in data units.
+        kg: the urban knowledge graph; it contains every node's ``entity``.
+        entity_embeddings: ``(num_entities, d)`` float32 TuckER embeddings, or None.
+        relation_embeddings: ``(2 * num_relations, d)`` float32 (forward then inverse relations), or None.
+        report: what was loaded, dropped and interpolated, and the split (JSON-serialisable).
+    """
+
+    name: str
+    days: np.ndarray
+    day_mask: np.ndarray
+    dates: list[str]
+    node_table: pd.DataFrame
+    feature_names: list[str]
+    interval_minutes: int
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+    kg: KnowledgeGraph
+    entity_embeddings: np.ndarray | None = None
+    relation_embeddings: np.ndarray | None = None
+    report: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.days = np.asarray(self.days, dtype=np.float32)
+        self.day_mask = np.asarray(self.day_mask, dtype=bool)
+        self.feature_mean = np.asarray(self.feature_mean, dtype=np.float32)
+        self.feature_std = np.asarray(self.feature_std, dtype=np.float32)
+        if self.days.ndim != 4:
+            raise ValueError(f"days must be (N, S, T, D); got shape {self.days.shape}")
+        num_nodes, num_days, steps_per_day, num_features = self.days.shape
+        if self.day_mask.shape != (num_nodes, num_days):
+            raise ValueError(f"day_mask must be ({num_nodes}, {num_days}); got {self.day_mask.shape}")
+        if len(self.dates) != num_days or len(self.node_table) != num_nodes:
+            raise ValueError(
+                f"{len(self.dates)} dates and {len(self.node_table)} nodes for days of shape "
+                f"{self.days.shape}"
+            )
+        if len(self.feature_names) != num_features:
+            raise ValueError(f"{len(self.feature_names)} feature names for {num_features} features")
+        if self.feature_mean.shape != (num_features,) or self.feature_std.shape != (num_features,):
+            raise ValueError(f"feature_mean and feature_std must be ({num_features},)")
+        if steps_per_day * self.interval_minutes != 24 * 60:
+            raise ValueError(f"{steps_per_day} steps of {self.interval_minutes} minutes do not make a day")
+        required = ("node_id", "lat", "lon", "entity", "split")
+        missing = [column for column in required if column not in self.node_table.columns]
+        if missing:
+            raise ValueError(f"node_table lacks the column(s) {missing}")
+        unknown_splits = set(self.node_table["split"]) - set(SPLITS)
+        if unknown_splits:
+            raise ValueError(f"node_table split must be 'train' or 'test'; found {sorted(unknown_splits)}")
+        absent = [e for e in self.node_table["entity"] if not self.kg.has_entity(e)]
+        if absent:
+            raise ValueError(f"{len(absent)} node entities are not in the knowledge graph, e.g. {absent[:5]}")
+        if (self.entity_embeddings is None) != (self.relation_embeddings is None):
+            raise ValueError("give both entity_embeddings and relation_embeddings, or neither")
+        if self.entity_embeddings is not None:
+            self.entity_embeddings = np.asarray(self.entity_embeddings, dtype=np.float32)
+            self.relation_embeddings = np.asarray(self.relation_embeddings, dtype=np.float32)
+            if len(self.entity_embeddings) != self.kg.num_entities:
+                raise ValueError(
+                    f"{len(self.entity_embeddings)} entity embeddings for {self.kg.num_entities} KG entities"
+                )
+            if len(self.relation_embeddings) != 2 * self.kg.num_relations:
+                raise ValueError(
+                    f"{len(self.relation_embeddings)} relation embeddings for 2 x {self.kg.num_relations} "
+                    "relations (forward and inverse)"
+                )
+
+    @property
+    def node_ids(self) -> list[str]:
+        """``(N,)`` node ids in the order of ``days``' axis 0."""
+        return self.node_table["node_id"].tolist()
+
+    @property
+    def train_node_ids(self) -> list[str]:
+        return self.node_table.loc[self.node_table["split"] == "train", "node_id"].tolist()
+
+    @property
+    def test_node_ids(self) -> list[str]:
+        return self.node_table.loc[self.node_table["split"] == "test", "node_id"].tolist()
+
+    @property
+    def train_rows(self) -> np.ndarray:
+        """Indices into axis 0 of the train nodes."""
+        return np.flatnonzero(self.node_table["split"].to_numpy() == "train")
+
+    @property
+    def test_rows(self) -> np.ndarray:
+        """Indices into axis 0 of the test nodes."""
+        return np.flatnonzero(self.node_table["split"].to_numpy() == "test")
+
+    @property
+    def steps_per_day(self) -> int:
+        return self.days.shape[2]
+
+    @property
+    def num_features(self) -> int:
+        return self.days.shape[3]
+
+    def to_hf_dataset(self) -> datasets.Dataset:
+        """The day samples as a ``datasets.Dataset``, one row per (node, day), node-major.
+
+        Columns: ``node_id`` (str), ``date`` (ISO str), ``values`` ``Array2D((T, D), float32)`` in data
+        units, ``valid`` (bool, = ``day_mask``).
+        """
+        num_nodes, num_days, steps, num_features = self.days.shape
+        rows = num_nodes * num_days
+        flat = pa.array(np.ascontiguousarray(self.days).reshape(-1))
+        step_offsets = np.arange(0, rows * steps + 1, dtype=np.int64) * num_features
+        inner = pa.ListArray.from_arrays(pa.array(step_offsets.astype(np.int32)), flat)
+        row_offsets = np.arange(0, rows + 1, dtype=np.int64) * steps
+        outer = pa.ListArray.from_arrays(pa.array(row_offsets.astype(np.int32)), inner)
+        table = pa.table(
+            {
+                "node_id": pa.array(np.repeat(np.asarray(self.node_ids, object), num_days), pa.string()),
+                "date": pa.array(np.tile(np.asarray(self.dates, object), num_nodes), pa.string()),
+                "values": pa.ExtensionArray.from_storage(
+                    Array2DExtensionType((steps, num_features), "float32"), outer
+                ),
+                "valid": pa.array(self.day_mask.reshape(-1)),
+            }
+        )
+        return datasets.Dataset(datasets.table.InMemoryTable(table))
+
+    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> None:
+        """Writes the folder layout of this module's docstring.
+
+        Args:
+            folder: output folder; created if absent.
+            overwrite: replace the files this method writes in an existing non-empty folder (other
+                files there are left alone); without it such a folder raises ``FileExistsError``.
+        """
+        folder = os.fspath(folder)
+        if os.path.isdir(folder) and os.listdir(folder):
+            if not overwrite:
+                raise FileExistsError(
+                    f"output folder {folder} exists and is not empty; choose another folder or pass "
+                    "overwrite=True (--overwrite) to replace it"
+                )
+            for entry in FOLDER_ENTRIES:
+                path = os.path.join(folder, entry)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+        elif os.path.exists(folder) and not os.path.isdir(folder):
+            raise FileExistsError(f"output path {folder} is a file, not a folder")
+        os.makedirs(folder, exist_ok=True)
+        dataset = self.to_hf_dataset()
+        dataset.save_to_disk(os.path.join(folder, DAYS_DIR))
+        dataset.to_parquet(os.path.join(folder, DAYS_PARQUET))
+        self.node_table.to_csv(os.path.join(folder, NODES_FILE), index=False)
+        self.kg.save(os.path.join(folder, KG_DIR))
+        if self.entity_embeddings is not None:
+            save_kg_embeddings(
+                os.path.join(folder, EMBEDDINGS_FILE), self.entity_embeddings, self.relation_embeddings
+            )
+        meta = {
+            "name": self.name,
+            "feature_names": list(self.feature_names),
+            "interval_minutes": int(self.interval_minutes),
+            "steps_per_day": int(self.steps_per_day),
+            "feature_mean": self.feature_mean.tolist(),
+            "feature_std": self.feature_std.tolist(),
+            "dates": list(self.dates),
+            "node_columns": {column: str(dtype) for column, dtype in self.node_table.dtypes.items()},
+            "report": self.report,
+        }
+        with open(os.path.join(folder, META_FILE), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> PreparedDataset:
+        """Reads a folder written by :meth:`save`; arrays come back bit-exact."""
+        folder = os.fspath(folder)
+        meta_path = os.path.join(folder, META_FILE)
+        if not os.path.isfile(meta_path):
+            raise FileNotFoundError(
+                f"{folder} is not a prepared dataset folder (no {META_FILE}); "
+                "create one with scripts/prepare_data.py"
+            )
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        nodes_path = os.path.join(folder, NODES_FILE)
+        if not os.path.isfile(nodes_path):
+            raise FileNotFoundError(f"node table {nodes_path} is missing")
+        node_table = pd.read_csv(nodes_path, dtype=str)
+        node_table = node_table.astype(
+            {column: dtype for column, dtype in meta["node_columns"].items() if column in node_table.columns}
+        )
+        days_path = os.path.join(folder, DAYS_DIR)
+        if not os.path.isdir(days_path):
+            raise FileNotFoundError(f"day samples {days_path} are missing")
+        rows = datasets.load_from_disk(days_path).with_format("numpy")[:]
+        dates = list(meta["dates"])
+        node_index = {node_id: i for i, node_id in enumerate(node_table["node_id"])}
+        date_index = {date: j for j, date in enumerate(dates)}
+        try:
+            node_rows = np.array([node_index[node_id] for node_id in rows["node_id"]], dtype=np.int64)
+            date_cols = np.array([date_index[date] for date in rows["date"]], dtype=np.int64)
+        except KeyError as err:
+            raise ValueError(
+                f"{days_path}: a row for {err.args[0]!r}, which {NODES_FILE}/{META_FILE} do not list"
+            ) from None
+        shape = (len(node_table), len(dates))
+        if len(node_rows) != shape[0] * shape[1]:
+            raise ValueError(f"{days_path}: {len(node_rows)} rows for {shape[0]} nodes x {shape[1]} dates")
+        values = rows["values"]
+        days = np.zeros(shape + values.shape[1:], dtype=np.float32)
+        day_mask = np.zeros(shape, dtype=bool)
+        days[node_rows, date_cols] = values
+        day_mask[node_rows, date_cols] = rows["valid"]
+        embeddings_path = os.path.join(folder, EMBEDDINGS_FILE)
+        kg = KnowledgeGraph.load(os.path.join(folder, KG_DIR))
+        entity_embeddings, relation_embeddings = (
+            load_kg_embeddings(embeddings_path, kg) if os.path.isfile(embeddings_path) else (None, None)
+        )
+        return cls(
+            name=meta["name"],
+            days=days,
+            day_mask=day_mask,
+            dates=dates,
+            node_table=node_table,
+            feature_names=list(meta["feature_names"]),
+            interval_minutes=int(meta["interval_minutes"]),
+            feature_mean=np.asarray(meta["feature_mean"], dtype=np.float32),
+            feature_std=np.asarray(meta["feature_std"], dtype=np.float32),
+            kg=kg,
+            entity_embeddings=entity_embeddings,
+            relation_embeddings=relation_embeddings,
+            report=meta["report"],
+        )
+
+
+def prepare_dataset(
+    data: SpatioTemporalData,
+    kg: KnowledgeGraph,
+    name: str,
+    test_fraction: float = 0.25,
+    test_node_ids: Sequence[str] | None = None,
+    include_weekends: bool = False,
+    max_gap_steps: int | None = None,
+    max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION,
+    entity_embeddings: np.ndarray | None = None,
+    relation_embeddings: np.ndarray | None = None,
+) -> PreparedDataset:
+    """Day samples, latitude split and train-node statistics for ``data``, with its KG.
+
+    Args:
+        data: the loaded series (any loader, or the synthetic city).
+        kg: the urban KG; must contain every node's ``entity``.
+        name: dataset name stored with it.
+        test_fraction, test_node_ids: the node split (see :func:`split_nodes_by_latitude`).
+        include_weekends, max_gap_steps, max_missing_fraction: day sampling (see :func:`make_day_samples`).
+        entity_embeddings, relation_embeddings: optional TuckER embeddings of ``kg``.
+
+    Returns:
+        The :class:`PreparedDataset`; its ``report`` has sections ``load``, ``days``, ``split`` and ``kg``.
+    """
+    absent = [entity for entity in data.node_table["entity"] if not kg.has_entity(entity)]
+    if absent:
+        raise ValueError(
+            f"{len(absent)} of {data.num_nodes} node entities are not in the knowledge graph "
+            f"(e.g. {absent[:5]}); build the KG from this node table"
+        )
+    days, day_mask, dates, day_report = make_day_samples(
+        data, include_weekends=include_weekends, max_gap_steps=max_gap_steps,
+        max_missing_fraction=max_missing_fraction,
+    )
+    train_ids, test_ids = split_nodes_by_latitude(data.node_table, test_fraction, test_node_ids)
+    node_table = data.node_table.copy()
+    node_table["split"] = np.where(node_table["node_id"].isin(test_ids), "test", "train")
+    train_rows = np.flatnonzero(node_table["split"].to_numpy() == "train")
+    mean, std = feature_stats(days, day_mask, train_rows)
+    without_days = [node_id for node_id, ok in zip(data.node_ids, day_mask.any(axis=1)) if not ok]
+    report = {
+        "load": data.load_report,
+        "days": day_report,
+        "split": {
+            "rule": "given test_node_ids" if test_node_ids is not None else "highest latitudes",
+            "test_fraction": None if test_node_ids is not None else float(test_fraction),
+            "train_nodes": len(train_ids),
+            "test_nodes": len(test_ids),
+            "test_node_ids": test_ids,
+            "nodes_without_valid_day": without_days,
+        },
+        "kg": {"entities": kg.num_entities, "relations": kg.num_relations, "triples": int(len(kg.triples))},
+    }
+    logger.info(
+        "%s: %d nodes (%d train, %d test), %d dates kept of %d considered, %d node-days kept, dropped %s, "
+        "%d values interpolated; KG %d entities, %d relations, %d triples",
+        name, data.num_nodes, len(train_ids), len(test_ids), day_report["dates_kept"],
+        day_report["dates_considered"], day_report["node_days_kept"], day_report["node_days_dropped"],
+        day_report["values_interpolated"], kg.num_entities, kg.num_relations, len(kg.triples),
+    )
+    return PreparedDataset(
+        name=name,
+        days=days,
+        day_mask=day_mask,
+        dates=dates,
+        node_table=node_table,
+        feature_names=list(data.feature_names),
+        interval_minutes=data.interval_minutes,
+        feature_mean=mean,
+        feature_std=std,
+        kg=kg,
+        entity_embeddings=entity_embeddings,
+        relation_embeddings=relation_embeddings,
+        report=report,
+    )
