@@ -103,7 +103,7 @@ def make_day_samples(
         zeros_masked = int(zeros.sum())
         grid[zeros] = np.nan
     dates = pd.date_range(first_day, periods=num_dates, freq="D")
-    weekday = dates.dayofweek < 5 if not include_weekends else np.ones(num_dates, dtype=bool)
+    weekday = dates.day_of_week < 5 if not include_weekends else np.ones(num_dates, dtype=bool)
     days = grid.reshape(num_nodes, num_dates, steps_per_day, num_features)[:, weekday]
     dates = dates[weekday]
 

@@ -239,7 +239,10 @@ def _assemble(
     data.load_report = report
     logger.info(
         "%s: %d nodes x %d steps x %d features, %d timestamps inserted as missing, %d missing values",
-        path, *data.values.shape, inserted, report["missing_values"],
+        path,
+        *data.values.shape,
+        inserted,
+        report["missing_values"],
     )
     return data
 
@@ -335,8 +338,13 @@ def load_wide_csv(
     locations = read_node_table(locations_path)
     node_table = _match_nodes(columns, locations, path, locations_path, strict_locations)
     return _assemble(
-        {feature_name: frame}, _with_entities(node_table, "Sensor"), path, interval_minutes, zero_is_missing,
-        None, None,
+        {feature_name: frame},
+        _with_entities(node_table, "Sensor"),
+        path,
+        interval_minutes,
+        zero_is_missing,
+        None,
+        None,
     )
 
 
@@ -417,7 +425,10 @@ def load_flow_npz(
         data = data.select_nodes(keep)
         logger.info(
             "%s: dropped %d areas with mean flow < %s: %s",
-            path, int((~keep).sum()), min_mean_flow, report["nodes_dropped_low_flow"],
+            path,
+            int((~keep).sum()),
+            min_mean_flow,
+            report["nodes_dropped_low_flow"],
         )
     data.load_report = report
     return data

@@ -321,7 +321,9 @@ def prepare_dataset(
             f"(e.g. {absent[:5]}); build the KG from this node table"
         )
     days, day_mask, dates, day_report = make_day_samples(
-        data, include_weekends=include_weekends, max_gap_steps=max_gap_steps,
+        data,
+        include_weekends=include_weekends,
+        max_gap_steps=max_gap_steps,
         max_missing_fraction=max_missing_fraction,
     )
     train_ids, test_ids = split_nodes_by_latitude(data.node_table, test_fraction, test_node_ids)
@@ -346,9 +348,18 @@ def prepare_dataset(
     logger.info(
         "%s: %d nodes (%d train, %d test), %d dates kept of %d considered, %d node-days kept, dropped %s, "
         "%d values interpolated; KG %d entities, %d relations, %d triples",
-        name, data.num_nodes, len(train_ids), len(test_ids), day_report["dates_kept"],
-        day_report["dates_considered"], day_report["node_days_kept"], day_report["node_days_dropped"],
-        day_report["values_interpolated"], kg.num_entities, kg.num_relations, len(kg.triples),
+        name,
+        data.num_nodes,
+        len(train_ids),
+        len(test_ids),
+        day_report["dates_kept"],
+        day_report["dates_considered"],
+        day_report["node_days_kept"],
+        day_report["node_days_dropped"],
+        day_report["values_interpolated"],
+        kg.num_entities,
+        kg.num_relations,
+        len(kg.triples),
     )
     return PreparedDataset(
         name=name,
