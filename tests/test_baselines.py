@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from kgdiff_diffusers.baselines import (
-    EARTH_RADIUS_KM,
     all_baselines,
     global_mean_profile,
-    haversine_km,
     knn_donor_days,
     knn_donor_profile,
     nearest_training_nodes,
     random_training_days,
 )
+from kgdiff_diffusers.kg.spatial import EARTH_RADIUS_M
+from kgdiff_diffusers.metrics import evaluate_nodes
 
 # Four training nodes on the equator at longitudes 0, 1, 2, 10; each day is constant at a value that
 # names it: node n, day s -> 10 * n + s. Node 1 has only days 0 and 1 valid; node 3 has no valid day.
@@ -38,19 +38,10 @@ def _day_labels(generated: np.ndarray) -> np.ndarray:
     return generated[..., 0, 0]
 
 
-def test_haversine_known_distances():
-    assert haversine_km(0.0, 0.0, 1.0, 0.0) == pytest.approx(EARTH_RADIUS_KM * math.pi / 180)
-    assert haversine_km(0.0, 0.0, 0.0, 90.0) == pytest.approx(EARTH_RADIUS_KM * math.pi / 2)
-    # Longitude degrees shrink with cos(latitude); distance is symmetric.
-    equator = haversine_km(0.0, 0.0, 0.0, 0.01)
-    assert haversine_km(60.0, 0.0, 60.0, 0.01) == pytest.approx(0.5 * equator, rel=1e-4)
-    assert haversine_km(37.3, -121.9, 37.4, -122.0) == pytest.approx(haversine_km(37.4, -122.0, 37.3, -121.9))
-
-
 def test_nearest_training_nodes_order_and_distance():
     indices, distances = nearest_training_nodes(TRAIN_COORDS, TEST_COORDS, k=3)
     assert indices.tolist() == [[1, 0, 2], [3, 2, 1]]
-    degree = EARTH_RADIUS_KM * math.pi / 180
+    degree = EARTH_RADIUS_M * math.pi / 180
     np.testing.assert_allclose(distances[0], [0.1 * degree, 0.9 * degree, 1.1 * degree], rtol=1e-9)
     with pytest.raises(ValueError, match="k: must be between 1"):
         nearest_training_nodes(TRAIN_COORDS, TEST_COORDS, k=5)
@@ -115,3 +106,25 @@ def test_all_baselines_and_input_checks():
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="days: NaN"):
         random_training_days(bad, day_mask, 1, 1)
+
+
+def test_baselines_rank_as_expected_on_a_spatial_field():
+    """Profiles grow with longitude: the nearest donor beats the global mean on MAE, and real donor days
+    (with their day-to-day noise) beat the donor's constant mean day on MMD."""
+    rng = np.random.default_rng(0)
+    shape = np.sin(np.linspace(0, 2 * np.pi, 24, endpoint=False))[None, None, :, None]
+
+    def days_at(longitudes):
+        amplitude = (10.0 + np.asarray(longitudes))[:, None, None, None]
+        return amplitude * (1.5 + shape) + rng.normal(scale=3.0, size=(len(longitudes), 30, 24, 1))
+
+    train_lon, test_lon = np.arange(10.0), np.array([4.1, 8.9])
+    train_days, test_days = days_at(train_lon), days_at(test_lon)
+    train_mask, test_mask = np.ones((10, 30), dtype=bool), np.ones((2, 30), dtype=bool)
+    train_coords = np.stack([np.zeros(10), train_lon], axis=1)
+    test_coords = np.stack([np.zeros(2), test_lon], axis=1)
+    baselines = all_baselines(train_days, train_mask, train_coords, test_coords, num_samples=30, ks=(1,))
+    scores = {name: evaluate_nodes(generated, test_days, test_mask) for name, generated in baselines.items()}
+    assert scores["knn1_profile"]["mae"] < 0.5 * scores["global_mean_profile"]["mae"]
+    assert scores["knn1_days"]["mmd_fixed_bandwidth"] < scores["knn1_profile"]["mmd_fixed_bandwidth"]
+    assert scores["knn1_days"]["mmd"] < scores["random_training_days"]["mmd"]

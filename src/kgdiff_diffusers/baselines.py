@@ -25,18 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-EARTH_RADIUS_KM = 6371.0088
-
-
-def haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    """Great-circle distance on a sphere of radius :data:`EARTH_RADIUS_KM` (mean Earth radius).
-
-    ``2 R asin(sqrt(sin^2(dlat / 2) + cos(lat1) cos(lat2) sin^2(dlon / 2)))``; inputs in degrees,
-    broadcast against each other; output in km.
-    """
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(a, dtype=np.float64)) for a in (lat1, lon1, lat2, lon2))
-    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+from .kg.spatial import haversine_m
 
 
 def _check_days(days: np.ndarray, day_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +63,7 @@ def _draw(pool: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.nd
 def nearest_training_nodes(
     train_coords: np.ndarray, test_coords: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` training nodes nearest to each test node by haversine distance.
+    """The ``k`` training nodes nearest to each test node by great-circle (haversine) distance, exactly.
 
     Args:
         train_coords: ``(N_train, 2)`` (lat, lon) in degrees.
@@ -82,14 +71,15 @@ def nearest_training_nodes(
         k: number of neighbours, ``1 <= k <= N_train``.
 
     Returns:
-        ``(indices, distances_km)``, both ``(N_test, k)``, nearest first (ties by lower training index).
+        ``(indices, distances_m)``, both ``(N_test, k)``, distances in metres, nearest first (ties by lower
+        training index).
     """
     train_coords = _check_coords(train_coords, "train_coords")
     test_coords = _check_coords(test_coords, "test_coords")
     if not 1 <= k <= train_coords.shape[0]:
         raise ValueError(f"k: must be between 1 and the number of training nodes ({train_coords.shape[0]}); "
                          f"got {k}")
-    distances = haversine_km(test_coords[:, None, 0], test_coords[:, None, 1],
+    distances = haversine_m(test_coords[:, None, 0], test_coords[:, None, 1],
                              train_coords[None, :, 0], train_coords[None, :, 1])
     indices = np.argsort(distances, axis=1, kind="stable")[:, :k]
     return indices, np.take_along_axis(distances, indices, axis=1)
