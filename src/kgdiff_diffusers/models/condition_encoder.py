@@ -1,0 +1,262 @@
+"""KGConditionEncoder: the Geometry mixture of experts over a node's KG neighbours (paper eq. 13-15)."""
+
+from __future__ import annotations
+
+import math
+
+import geoopt.manifolds.stereographic.math as stereographic
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+# Tangent vectors are clipped to this geodesic length (in units of 1/sqrt|k|) before expmap0: past ~3
+# float32 hyperbolic points saturate at the ball's edge and spherical ones wrap around (pi / 2).
+_MAX_TANGENT_RADIUS = {"hyperbolic": 3.0, "spherical": 0.49 * math.pi}
+
+
+class KGConditionEncoder(ModelMixin, ConfigMixin):
+    r"""Turns each node's knowledge-graph neighbourhood into a condition vector ``phi``.
+
+    For a node ``gamma`` with neighbours ``N_gamma = {(r, t)}`` (relation and tail embeddings, ``d``-dim)::
+
+        M_E = r * t                                   Euclidean expert (element-wise product)
+        M_H = r (x)_{c1} exp_0^{c1}(t)                hyperbolic expert, c1 = -softplus(a) < 0
+        M_S = r (x)_{c2} exp_0^{c2}(t)                spherical expert,  c2 = +softplus(b) > 0
+        M   = W_m [ M_E || log_0^{c1}(M_H) || log_0^{c2}(M_S) ]        (eq. 14)
+        phi_gamma = sigmoid( mean_{(r, t) in N_gamma} M(r, t) )       (eq. 15)
+
+    ``(x)_c`` is Mobius point-wise multiplication in the stereographic model of curvature ``c`` (geoopt).
+    The curvatures are learnt through softplus, so their signs cannot flip. Tangent vectors are clipped to
+    a safe geodesic radius before ``exp_0``, so embeddings of any norm give finite outputs. ``phi`` uses
+    only the neighbours, never the node's own data, so a node without data (or a new entity given its
+    relations) still gets a condition. Aggregation is a gather + scatter-mean over the edge list.
+
+    Ablations (paper Table 3): ``use_euclidean``/``use_hyperbolic``/``use_spherical`` drop an expert
+    (``W_m`` then sees only the others); ``use_geometry_moe=False`` replaces the experts by
+    ``M = W_m t`` (relation-blind, Euclidean); ``use_guidance=False`` returns ``phi = 0`` for every node
+    (an unconditional model).
+
+    The KG index (the edges of the training nodes) and the embeddings are buffers/parameters of the module,
+    so ``save_pretrained`` writes them to safetensors with the weights.
+
+    Args:
+        num_entities: rows of the entity embedding table.
+        num_relations: rows of the relation embedding table (forward and inverse relations).
+        num_nodes: number of indexed nodes (rows that :meth:`forward` can encode by index).
+        num_edges: number of (node, relation, neighbour) edges in the stored index.
+        embedding_dim: ``d`` of the (TuckER) entity and relation embeddings.
+        condition_dim: size of ``phi``.
+        train_embeddings: fine-tune the embeddings (``True``) or keep them frozen (``False``).
+        use_euclidean, use_hyperbolic, use_spherical, use_geometry_moe, use_guidance: ablation switches.
+        init_hyperbolic_curvature: initial ``c1`` (< 0).
+        init_spherical_curvature: initial ``c2`` (> 0).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_entities: int,
+        num_relations: int,
+        num_nodes: int,
+        num_edges: int,
+        embedding_dim: int = 128,
+        condition_dim: int = 128,
+        train_embeddings: bool = False,
+        use_euclidean: bool = True,
+        use_hyperbolic: bool = True,
+        use_spherical: bool = True,
+        use_geometry_moe: bool = True,
+        use_guidance: bool = True,
+        init_hyperbolic_curvature: float = -1.0,
+        init_spherical_curvature: float = 1.0,
+    ):
+        super().__init__()
+        if init_hyperbolic_curvature >= 0 or init_spherical_curvature <= 0:
+            raise ValueError("init_hyperbolic_curvature must be < 0 and init_spherical_curvature > 0")
+        self.experts = [
+            name
+            for name, used in (
+                ("euclidean", use_euclidean),
+                ("hyperbolic", use_hyperbolic),
+                ("spherical", use_spherical),
+            )
+            if used
+        ]
+        if use_geometry_moe and not self.experts:
+            raise ValueError("at least one expert must be on while use_geometry_moe=True")
+        self.entity_embeddings = nn.Parameter(torch.zeros(num_entities, embedding_dim), requires_grad=train_embeddings)
+        self.relation_embeddings = nn.Parameter(
+            torch.zeros(num_relations, embedding_dim), requires_grad=train_embeddings
+        )
+        self.register_buffer("edge_node", torch.zeros(num_edges, dtype=torch.long))
+        self.register_buffer("edge_relation", torch.zeros(num_edges, dtype=torch.long))
+        self.register_buffer("edge_neighbor", torch.zeros(num_edges, dtype=torch.long))
+        # Raw parameters of c1 = -softplus(a) and c2 = softplus(b), i.e. a = b = softplus^{-1}(|c|).
+        self.hyperbolic_curvature_raw = nn.Parameter(torch.tensor(_inverse_softplus(-init_hyperbolic_curvature)))
+        self.spherical_curvature_raw = nn.Parameter(torch.tensor(_inverse_softplus(init_spherical_curvature)))
+        num_inputs = len(self.experts) if use_geometry_moe else 1
+        self.mixture = nn.Linear(num_inputs * embedding_dim, condition_dim)
+
+    @classmethod
+    def from_knowledge_graph(
+        cls,
+        entity_embeddings: torch.Tensor,
+        relation_embeddings: torch.Tensor,
+        edge_node: torch.Tensor,
+        edge_relation: torch.Tensor,
+        edge_neighbor: torch.Tensor,
+        num_nodes: int,
+        **config,
+    ) -> KGConditionEncoder:
+        """Builds an encoder around given embeddings and a neighbour index.
+
+        Args:
+            entity_embeddings: ``(num_entities, d)`` e.g. TuckER entity embeddings.
+            relation_embeddings: ``(num_relations, d)`` relation embeddings (forward then inverse).
+            edge_node, edge_relation, edge_neighbor: ``(E,)`` int edge list as returned by
+                :meth:`KnowledgeGraph.neighbor_index`: node row, relation id, neighbour entity id.
+            num_nodes: number of node rows; every row must have at least one edge.
+            **config: other constructor arguments (``condition_dim``, ablation switches, ...).
+        """
+        entity_embeddings = torch.as_tensor(entity_embeddings, dtype=torch.float32)
+        relation_embeddings = torch.as_tensor(relation_embeddings, dtype=torch.float32)
+        if entity_embeddings.shape[1] != relation_embeddings.shape[1]:
+            raise ValueError(
+                f"entity embeddings have dim {entity_embeddings.shape[1]} but relation embeddings "
+                f"{relation_embeddings.shape[1]}: the experts multiply them element-wise, so they must match"
+            )
+        edges = [torch.as_tensor(e, dtype=torch.long) for e in (edge_node, edge_relation, edge_neighbor)]
+        cls.check_edges(*edges, num_nodes, len(entity_embeddings), len(relation_embeddings))
+        encoder = cls(
+            num_entities=len(entity_embeddings),
+            num_relations=len(relation_embeddings),
+            num_nodes=num_nodes,
+            num_edges=len(edges[0]),
+            embedding_dim=entity_embeddings.shape[1],
+            **config,
+        )
+        with torch.no_grad():
+            encoder.entity_embeddings.copy_(entity_embeddings)
+            encoder.relation_embeddings.copy_(relation_embeddings)
+            encoder.edge_node.copy_(edges[0])
+            encoder.edge_relation.copy_(edges[1])
+            encoder.edge_neighbor.copy_(edges[2])
+        return encoder
+
+    @staticmethod
+    def check_edges(
+        edge_node: torch.Tensor,
+        edge_relation: torch.Tensor,
+        edge_neighbor: torch.Tensor,
+        num_nodes: int,
+        num_entities: int,
+        num_relations: int,
+    ) -> None:
+        """Raises ``ValueError`` for out-of-range ids or nodes without any neighbour."""
+        if not (len(edge_node) == len(edge_relation) == len(edge_neighbor)):
+            raise ValueError("edge_node, edge_relation and edge_neighbor must have the same length")
+        for name, ids, size in (
+            ("node", edge_node, num_nodes),
+            ("relation", edge_relation, num_relations),
+            ("neighbour entity", edge_neighbor, num_entities),
+        ):
+            if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= size):
+                raise ValueError(f"an edge refers to a {name} id outside [0, {size})")
+        lonely = torch.nonzero(torch.bincount(edge_node, minlength=num_nodes) == 0).flatten()
+        if len(lonely):
+            raise ValueError(
+                f"{len(lonely)} node(s) have no knowledge-graph neighbours (rows {lonely[:10].tolist()}): "
+                "phi is a mean over neighbours; add relations for them (e.g. distance bands or area containment)"
+            )
+
+    @property
+    def hyperbolic_curvature(self) -> torch.Tensor:
+        """``c1 < 0``."""
+        return -F.softplus(self.hyperbolic_curvature_raw)
+
+    @property
+    def spherical_curvature(self) -> torch.Tensor:
+        """``c2 > 0``."""
+        return F.softplus(self.spherical_curvature_raw)
+
+    def _geometric_message(self, relation: torch.Tensor, tail: torch.Tensor, geometry: str) -> torch.Tensor:
+        """``log_0^c(r (x)_c exp_0^c(t))`` for ``(E, d)`` relation and tail embeddings."""
+        k = self.hyperbolic_curvature if geometry == "hyperbolic" else self.spherical_curvature
+        max_norm = _MAX_TANGENT_RADIUS[geometry] / k.abs().sqrt()
+        norm = tail.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+        tail = tail * torch.clamp(max_norm / norm, max=1.0)
+        point = stereographic.expmap0(tail, k=k)
+        product = stereographic.mobius_pointwise_mul(relation, point, k=k)
+        return stereographic.logmap0(product, k=k)
+
+    def edge_messages(self, relation_id: torch.Tensor, neighbor_id: torch.Tensor) -> torch.Tensor:
+        """``(E,)`` relation and neighbour ids -> ``(E, condition_dim)`` messages ``M(r, t)`` of eq. 14."""
+        relation = self.relation_embeddings[relation_id]
+        tail = self.entity_embeddings[neighbor_id]
+        if not self.config.use_geometry_moe:
+            return self.mixture(tail)
+        parts = []
+        for geometry in self.experts:
+            if geometry == "euclidean":
+                parts.append(relation * tail)
+            else:
+                parts.append(self._geometric_message(relation, tail, geometry))
+        return self.mixture(torch.cat(parts, dim=-1))
+
+    def encode_neighbors(
+        self, edge_node: torch.Tensor, relation_id: torch.Tensor, neighbor_id: torch.Tensor, num_nodes: int
+    ) -> torch.Tensor:
+        """Eq. 15 for an arbitrary edge list (e.g. new entities added to the KG).
+
+        Args:
+            edge_node: ``(E,)`` row in ``[0, num_nodes)`` of the node that owns each edge.
+            relation_id: ``(E,)`` relation ids (forward or inverse).
+            neighbor_id: ``(E,)`` neighbour entity ids.
+            num_nodes: number of output rows.
+
+        Returns:
+            ``(num_nodes, condition_dim)`` condition ``phi``.
+        """
+        device = self.mixture.weight.device
+        if not self.config.use_guidance:
+            return torch.zeros(num_nodes, self.config.condition_dim, device=device, dtype=self.mixture.weight.dtype)
+        edge_node, relation_id, neighbor_id = (x.to(device) for x in (edge_node, relation_id, neighbor_id))
+        self.check_edges(edge_node, relation_id, neighbor_id, num_nodes, *self.embedding_sizes())
+        messages = self.edge_messages(relation_id, neighbor_id)
+        summed = torch.zeros(num_nodes, messages.shape[-1], device=device, dtype=messages.dtype)
+        summed.index_add_(0, edge_node, messages)
+        counts = torch.bincount(edge_node, minlength=num_nodes).clamp_min(1).to(messages.dtype)
+        return torch.sigmoid(summed / counts.unsqueeze(-1))
+
+    def embedding_sizes(self) -> tuple[int, int]:
+        """``(num_entities, num_relations)``."""
+        return self.entity_embeddings.shape[0], self.relation_embeddings.shape[0]
+
+    def forward(self, node_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The condition of indexed nodes.
+
+        Args:
+            node_rows: ``(B,)`` rows of the stored index (may repeat); ``None`` means all nodes.
+
+        Returns:
+            ``(B, condition_dim)`` ``phi`` (``(num_nodes, condition_dim)`` for ``None``).
+        """
+        if node_rows is None:
+            return self.encode_neighbors(self.edge_node, self.edge_relation, self.edge_neighbor, self.config.num_nodes)
+        node_rows = torch.as_tensor(node_rows, dtype=torch.long, device=self.edge_node.device)
+        if len(node_rows) and (int(node_rows.min()) < 0 or int(node_rows.max()) >= self.config.num_nodes):
+            raise ValueError(f"node rows must lie in [0, {self.config.num_nodes})")
+        unique_rows, inverse = torch.unique(node_rows, return_inverse=True)
+        local_row = torch.full((self.config.num_nodes,), -1, dtype=torch.long, device=node_rows.device)
+        local_row[unique_rows] = torch.arange(len(unique_rows), device=node_rows.device)
+        keep = local_row[self.edge_node] >= 0
+        phi = self.encode_neighbors(
+            local_row[self.edge_node[keep]], self.edge_relation[keep], self.edge_neighbor[keep], len(unique_rows)
+        )
+        return phi[inverse]
+
+
+def _inverse_softplus(value: float) -> float:
+    return value + math.log(-math.expm1(-value))

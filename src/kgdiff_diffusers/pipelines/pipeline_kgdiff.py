@@ -1,0 +1,291 @@
+"""KGDiffPipeline: generate daily series for known or new urban nodes from their knowledge-graph context."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..delay_embedding import DelayEmbedding
+from ..models.condition_encoder import KGConditionEncoder
+from ..models.meta_pattern import KGDiffMetaPattern
+from ..models.unet_kgdiff import KGDiffUNet2DModel
+from ..schedulers.scheduling_kgdiff import KGDiffScheduler
+
+NewNodes = Mapping[str, Sequence[tuple[str, str]]]
+
+
+@dataclass
+class KGDiffPipelineOutput(BaseOutput):
+    """Output of :class:`KGDiffPipeline`.
+
+    Args:
+        series: generated days in the data's units: ``np.ndarray``/``torch.Tensor`` of shape
+            ``(nodes, samples, T, D)``, or with ``output_type="pd"`` a long ``pandas.DataFrame`` with
+            columns ``node_id, sample, step`` and one column per feature.
+        node_ids: ``(nodes,)`` the node of each row (requested ids, then new nodes).
+        meta_pattern: ``(nodes, T, D)`` each node's meta pattern ``f`` in data units (zeros when the
+            pipeline has no meta-pattern model).
+    """
+
+    series: np.ndarray | torch.Tensor | pd.DataFrame
+    node_ids: list[str]
+    meta_pattern: np.ndarray | torch.Tensor
+
+
+class KGDiffPipeline(DiffusionPipeline):
+    r"""Generates realistic days (road speeds, area in/out flows) for nodes from their KG neighbourhood.
+
+    The condition encoder turns each node's knowledge-graph neighbours into ``phi``; the meta-pattern
+    model maps it to the node's daily trend ``f``; sampling starts at ``f + noise`` in the delay-embedding
+    image space and the denoiser removes the noise step by step. Images are mapped back to series and
+    to the data's units with the stored per-feature mean and standard deviation.
+
+    The scheduler may be :class:`KGDiffScheduler` (the paper's shifted DDPM) or any epsilon-predicting
+    diffusers scheduler (``DDIMScheduler``, ``DPMSolverMultistepScheduler``, ``UniPCMultistepScheduler``,
+    ...), which then runs on the residual ``X - f`` where the shifted process is plain DDPM.
+
+    Args:
+        unet: the denoiser.
+        condition_encoder: Geometry-MoE encoder holding the KG index of ``node_ids``.
+        scheduler: the sampler.
+        meta_pattern: ``f(phi)``; ``None`` for the "w/o meta pattern" ablation (``f = 0``).
+        node_ids: ``(num_nodes,)`` data node ids; row ``i`` of the encoder's index is ``node_ids[i]``.
+        feature_names: ``(D,)`` e.g. ``["speed"]`` or ``["inflow", "outflow"]``.
+        feature_mean, feature_std: ``(D,)`` normalisation statistics (data units).
+        seq_len, delay_window, delay_stride: ``T``, ``V``, ``U`` of the delay embedding (eq. 18).
+        interval_minutes: minutes between steps (for timestamps in reports).
+        entity_names, relation_names: KG names of the encoder's entity / relation ids, so new nodes can
+            be given by names.
+    """
+
+    model_cpu_offload_seq = "condition_encoder->meta_pattern->unet"
+    _optional_components = ["meta_pattern"]
+
+    def __init__(
+        self,
+        unet: KGDiffUNet2DModel,
+        condition_encoder: KGConditionEncoder,
+        scheduler: KGDiffScheduler,
+        meta_pattern: KGDiffMetaPattern | None = None,
+        node_ids: list[str] | None = None,
+        feature_names: list[str] | None = None,
+        feature_mean: list[float] | None = None,
+        feature_std: list[float] | None = None,
+        seq_len: int = 48,
+        delay_window: int = 16,
+        delay_stride: int = 3,
+        interval_minutes: int = 30,
+        entity_names: list[str] | None = None,
+        relation_names: list[str] | None = None,
+    ):
+        super().__init__()
+        num_nodes = condition_encoder.config.num_nodes
+        node_ids = [str(n) for n in node_ids] if node_ids is not None else [str(i) for i in range(num_nodes)]
+        if len(node_ids) != num_nodes:
+            raise ValueError(f"{len(node_ids)} node_ids given but the condition encoder indexes {num_nodes} nodes")
+        if len(set(node_ids)) != len(node_ids):
+            raise ValueError("node_ids must be unique")
+        num_features = unet.config.num_features
+        feature_names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(num_features)]
+        feature_mean = [float(m) for m in (feature_mean if feature_mean is not None else [0.0] * num_features)]
+        feature_std = [float(s) for s in (feature_std if feature_std is not None else [1.0] * num_features)]
+        if not len(feature_names) == len(feature_mean) == len(feature_std) == num_features:
+            raise ValueError(f"feature_names, feature_mean and feature_std must each have {num_features} entries")
+        if min(feature_std) <= 0:
+            raise ValueError(f"feature_std must be positive, got {feature_std}")
+        self.delay_embedding = DelayEmbedding(seq_len, delay_window, delay_stride)
+        if unet.config.sample_size != self.delay_embedding.image_size:
+            raise ValueError(
+                f"unet.sample_size={unet.config.sample_size} but the delay embedding makes "
+                f"{self.delay_embedding.image_size}x{self.delay_embedding.image_size} images"
+            )
+        if meta_pattern is not None and (meta_pattern.config.seq_len, meta_pattern.config.num_features) != (
+            seq_len,
+            num_features,
+        ):
+            raise ValueError("meta_pattern's seq_len / num_features do not match the pipeline's")
+        self.register_modules(
+            unet=unet, condition_encoder=condition_encoder, scheduler=scheduler, meta_pattern=meta_pattern
+        )
+        self.register_to_config(
+            node_ids=node_ids,
+            feature_names=feature_names,
+            feature_mean=feature_mean,
+            feature_std=feature_std,
+            seq_len=seq_len,
+            delay_window=delay_window,
+            delay_stride=delay_stride,
+            interval_minutes=interval_minutes,
+            entity_names=entity_names,
+            relation_names=relation_names,
+        )
+        self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
+
+    def node_rows(self, node_ids: Sequence[str | int]) -> list[int]:
+        """Encoder rows of ``node_ids``; ``ValueError`` naming the ids the pipeline does not know."""
+        if isinstance(node_ids, (str, bytes)) or not isinstance(node_ids, Sequence | np.ndarray):
+            raise TypeError(f"node_ids must be a list of node ids, got {type(node_ids).__name__}")
+        bad_types = [n for n in node_ids if not isinstance(n, (str, int, np.integer))]
+        if bad_types:
+            raise TypeError(f"node ids must be str or int, got {type(bad_types[0]).__name__}: {bad_types[0]!r}")
+        unknown = [str(n) for n in node_ids if str(n) not in self._row_of_node]
+        if unknown:
+            raise ValueError(
+                f"unknown node ids {unknown[:10]}{' ...' if len(unknown) > 10 else ''}: this pipeline knows "
+                f"{len(self._row_of_node)} nodes (pipe.config.node_ids); give places without data as new_nodes"
+            )
+        return [self._row_of_node[str(n)] for n in node_ids]
+
+    def new_node_edges(self, new_nodes: NewNodes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Edge list ``(node_row, relation_id, neighbour_id)`` for new entities given by KG names.
+
+        Args:
+            new_nodes: ``{new_node_id: [(relation_name, neighbour_entity_name), ...]}``; relations may be
+                inverse ones (``"<name>_inv"``) for incoming triples such as a POI located in a new area.
+        """
+        entity_names, relation_names = self.config.entity_names, self.config.relation_names
+        if entity_names is None or relation_names is None:
+            raise ValueError("this pipeline was saved without entity_names/relation_names; new nodes need them")
+        entity_ids = {name: i for i, name in enumerate(entity_names)}
+        relation_ids = {name: i for i, name in enumerate(relation_names)}
+        rows, relations, neighbors = [], [], []
+        for row, (node_id, pairs) in enumerate(new_nodes.items()):
+            if len(pairs) == 0:
+                raise ValueError(f"new node {node_id!r} has no (relation, entity) neighbours")
+            for relation, entity in pairs:
+                if relation not in relation_ids:
+                    raise ValueError(f"new node {node_id!r}: relation {relation!r} is not in the KG")
+                if entity not in entity_ids:
+                    raise ValueError(f"new node {node_id!r}: entity {entity!r} is not in the KG")
+                rows.append(row)
+                relations.append(relation_ids[relation])
+                neighbors.append(entity_ids[entity])
+        return tuple(torch.tensor(x, dtype=torch.long) for x in (rows, relations, neighbors))
+
+    @torch.no_grad()
+    def condition(self, node_ids: Sequence[str | int] = (), new_nodes: NewNodes | None = None) -> torch.Tensor:
+        """``(nodes, condition_dim)`` condition ``phi`` of known ``node_ids`` followed by ``new_nodes``."""
+        parts = []
+        if len(node_ids):
+            rows = torch.tensor(self.node_rows(node_ids), dtype=torch.long, device=self.device)
+            parts.append(self.condition_encoder(rows))
+        if new_nodes:
+            edges = self.new_node_edges(new_nodes)
+            parts.append(self.condition_encoder.encode_neighbors(*edges, num_nodes=len(new_nodes)))
+        return torch.cat(parts)
+
+    def _to_data_units(self, normalised: torch.Tensor) -> torch.Tensor:
+        """``(..., D, T)`` normalised -> ``(..., T, D)`` data units."""
+        mean = torch.tensor(self.config.feature_mean, device=normalised.device).unsqueeze(-1)
+        std = torch.tensor(self.config.feature_std, device=normalised.device).unsqueeze(-1)
+        return (normalised * std + mean).transpose(-1, -2)
+
+    def _predict_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor, batch_size: int
+    ) -> torch.Tensor:
+        return torch.cat(
+            [
+                self.unet(sample[i : i + batch_size], timestep, condition[i : i + batch_size]).sample
+                for i in range(0, len(sample), batch_size)
+            ]
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        node_ids: Sequence[str | int] | None = None,
+        num_samples: int = 1,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        new_nodes: NewNodes | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        batch_size: int = 256,
+    ) -> KGDiffPipelineOutput | tuple:
+        r"""Generates ``num_samples`` days for each node.
+
+        Args:
+            node_ids: ids of nodes the pipeline was trained with (``pipe.config.node_ids``).
+            num_samples: days per node (``>= 1``).
+            num_inference_steps: denoising steps (at most the scheduler's training steps).
+            generator: one ``torch.Generator``, or one per generated day (``nodes * num_samples``, node-major).
+            new_nodes: places without data, ``{node_id: [(relation_name, entity_name), ...]}``; their
+                condition comes from these KG neighbours alone.
+            output_type: ``"np"``, ``"pt"`` or ``"pd"``.
+            return_dict: return a :class:`KGDiffPipelineOutput` instead of a tuple.
+            batch_size: images per denoiser call; all nodes and samples share each scheduler step.
+
+        Returns:
+            :class:`KGDiffPipelineOutput` with ``series`` ``(nodes, num_samples, T, D)`` in data units.
+        """
+        node_ids = [] if node_ids is None else list(node_ids)
+        new_nodes = dict(new_nodes or {})
+        if not node_ids and not new_nodes:
+            raise ValueError("give node_ids and/or new_nodes")
+        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+        if output_type not in ("np", "pt", "pd"):
+            raise ValueError(f"output_type must be 'np', 'pt' or 'pd', got {output_type!r}")
+        overlap = {str(n) for n in node_ids} & set(new_nodes)
+        if overlap:
+            raise ValueError(f"{sorted(overlap)[:5]} appear both in node_ids and new_nodes")
+        all_ids = [str(n) for n in node_ids] + list(new_nodes)
+        batch = len(all_ids) * num_samples
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} days (nodes x num_samples)")
+
+        phi = self.condition(node_ids, new_nodes)
+        emb = self.delay_embedding
+        num_features = self.unet.config.num_features
+        if self.meta_pattern is not None:
+            meta_series = self.meta_pattern(phi)
+        else:
+            meta_series = torch.zeros(len(all_ids), num_features, emb.seq_len, device=self.device)
+        meta_image = emb.to_image(meta_series).repeat_interleave(num_samples, dim=0)
+        condition = phi.repeat_interleave(num_samples, dim=0)
+        shape = (batch, num_features, emb.image_size, emb.image_size)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        shifted = isinstance(self.scheduler, KGDiffScheduler)
+        if shifted:
+            sample = self.scheduler.initial_sample(shape, meta_image, generator=generator, device=self.device)
+        else:  # plain diffusers sampler on the residual Y = X - f (plain DDPM in Y)
+            sample = randn_tensor(shape, generator=generator, device=self.device) * self.scheduler.init_noise_sigma
+        for t in self.progress_bar(self.scheduler.timesteps):
+            if shifted:
+                noise = self._predict_noise(sample, t, condition, batch_size)
+                sample = self.scheduler.step(noise, t, sample, meta_pattern=meta_image, generator=generator).prev_sample
+            else:
+                model_input = self.scheduler.scale_model_input(sample, t) + meta_image
+                noise = self._predict_noise(model_input, t, condition, batch_size)
+                sample = self.scheduler.step(noise, t, sample, generator=generator).prev_sample
+        if not shifted:
+            sample = sample + meta_image
+
+        series = self._to_data_units(emb.to_series(sample))
+        series = series.reshape(len(all_ids), num_samples, emb.seq_len, num_features)
+        meta = self._to_data_units(meta_series)
+        if output_type == "np":
+            series, meta = series.cpu().numpy(), meta.cpu().numpy()
+        elif output_type == "pd":
+            series, meta = self._to_frame(series.cpu().numpy(), all_ids), meta.cpu().numpy()
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return series, all_ids, meta
+        return KGDiffPipelineOutput(series=series, node_ids=all_ids, meta_pattern=meta)
+
+    def _to_frame(self, series: np.ndarray, node_ids: list[str]) -> pd.DataFrame:
+        """``(nodes, samples, T, D)`` -> long frame ``node_id, sample, step, <features>``."""
+        nodes, samples, steps, _ = series.shape
+        index = pd.MultiIndex.from_product(
+            [node_ids, range(samples), range(steps)], names=["node_id", "sample", "step"]
+        )
+        values = series.reshape(-1, series.shape[-1])
+        return pd.DataFrame(values, index=index, columns=self.config.feature_names).reset_index()
