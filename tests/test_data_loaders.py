@@ -98,8 +98,8 @@ def test_pems_bay_locations_without_header_and_distances() -> None:
     assert len(locations) == 325 and locations["node_id"].iloc[0] == "400001"
     assert locations["lat"].between(37.2, 37.5).all()
     distances = read_distances_csv(folder / "distances_bay_2017.csv")
-    assert list(distances.columns) == ["from", "to", "distance"]
-    assert distances["distance"].min() == 0 and distances["distance"].max() > 1000
+    assert list(distances.columns) == ["from", "to", "cost"]
+    assert distances["cost"].min() == 0 and distances["cost"].max() > 1000
 
 
 def test_metr_la_week_wide_csv() -> None:

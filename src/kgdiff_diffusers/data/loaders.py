@@ -521,21 +521,21 @@ def read_distances_csv(path: PathLike) -> pd.DataFrame:
     """Reads DCRNN's ``distances*.csv`` (``from, to, cost`` in metres), with or without a header.
 
     Returns:
-        A frame with ``from``, ``to`` (str sensor ids) and ``distance`` (float64, metres).
+        A frame with ``from``, ``to`` (str sensor ids) and ``cost`` (float64, metres).
     """
     path = require_file(path, "distance")
     with open(path, encoding="utf-8") as f:
         has_header = not _looks_numeric(f.readline().split(",")[-1].strip())
     table = pd.read_csv(path, header=0 if has_header else None, dtype=str)
     if table.shape[1] != 3:
-        raise ValueError(f"{path}: expected 3 columns (from, to, distance); found {table.shape[1]}")
-    table.columns = ["from", "to", "distance"]
-    distance = pd.to_numeric(table["distance"], errors="coerce")
+        raise ValueError(f"{path}: expected 3 columns (from, to, cost); found {table.shape[1]}")
+    table.columns = ["from", "to", "cost"]
+    distance = pd.to_numeric(table["cost"], errors="coerce")
     if distance.isna().any() or np.isinf(distance).any():
         row = int(np.flatnonzero((distance.isna() | np.isinf(distance)).to_numpy())[0])
-        value = table["distance"].iloc[row]
+        value = table["cost"].iloc[row]
         raise ValueError(f"{path}: row {row} has distance {value!r}, not a finite number")
     table["from"] = table["from"].str.strip()
     table["to"] = table["to"].str.strip()
-    table["distance"] = distance.astype(np.float64)
+    table["cost"] = distance.astype(np.float64)
     return table

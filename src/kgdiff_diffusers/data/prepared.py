@@ -43,6 +43,23 @@ FOLDER_ENTRIES = (DAYS_DIR, DAYS_PARQUET, NODES_FILE, KG_DIR, EMBEDDINGS_FILE, M
 SPLITS = ("train", "test")
 
 
+def check_output_folder(folder: str | os.PathLike, overwrite: bool = False) -> str:
+    """Returns ``folder`` as a string if a prepared dataset may be written there.
+
+    Raises:
+        FileExistsError: ``folder`` is a file, or a non-empty folder and ``overwrite`` is False.
+    """
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise FileExistsError(f"output path {folder} is a file, not a folder")
+    if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
+        raise FileExistsError(
+            f"output folder {folder} exists and is not empty; choose another folder or pass "
+            "overwrite=True (--overwrite) to replace it"
+        )
+    return folder
+
+
 @dataclass
 class PreparedDataset:
     """Everything training and evaluation read: day samples, node split, stats and the urban KG.
@@ -187,21 +204,13 @@ class PreparedDataset:
             overwrite: replace the files this method writes in an existing non-empty folder (other
                 files there are left alone); without it such a folder raises ``FileExistsError``.
         """
-        folder = os.fspath(folder)
-        if os.path.isdir(folder) and os.listdir(folder):
-            if not overwrite:
-                raise FileExistsError(
-                    f"output folder {folder} exists and is not empty; choose another folder or pass "
-                    "overwrite=True (--overwrite) to replace it"
-                )
-            for entry in FOLDER_ENTRIES:
-                path = os.path.join(folder, entry)
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                elif os.path.exists(path):
-                    os.remove(path)
-        elif os.path.exists(folder) and not os.path.isdir(folder):
-            raise FileExistsError(f"output path {folder} is a file, not a folder")
+        folder = check_output_folder(folder, overwrite)
+        for entry in FOLDER_ENTRIES:
+            path = os.path.join(folder, entry)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
         os.makedirs(folder, exist_ok=True)
         dataset = self.to_hf_dataset()
         dataset.save_to_disk(os.path.join(folder, DAYS_DIR))
