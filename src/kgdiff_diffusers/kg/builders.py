@@ -401,7 +401,7 @@ def _station_meta_triples(station_meta: pd.DataFrame, entity_of: dict[str, str])
             triples += [
                 (entity_of[node], relation, f"{kind}/{value}")
                 for node, value in zip(meta["_node"], values)
-                if value not in ("", "nan")
+                if value != ""
             ]
     if "lanes" in lower:
         lanes = pd.to_numeric(meta[lower["lanes"]], errors="coerce")
@@ -475,7 +475,8 @@ def _check_node_table(node_table: pd.DataFrame, argument: str) -> pd.DataFrame:
     missing = [c for c in NODE_TABLE_COLUMNS if c not in node_table.columns]
     if missing:
         raise ValueError(f"{argument} lacks column(s) {missing}; it needs {list(NODE_TABLE_COLUMNS)}")
-    nodes = node_table.reset_index(drop=True).assign(node_id=_id_strings(node_table["node_id"]))
+    nodes = node_table.reset_index(drop=True)
+    nodes = nodes.assign(node_id=_id_strings(nodes["node_id"]))
     lat = pd.to_numeric(nodes["lat"], errors="coerce").to_numpy(dtype=np.float64)
     lon = pd.to_numeric(nodes["lon"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~(np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180))
@@ -498,11 +499,15 @@ def _check_bands(bands: Sequence[float], argument: str) -> np.ndarray:
 
 
 def _id_strings(values: pd.Series) -> pd.Series:
-    """Ids as strings; integral numbers lose their ``.0`` (``400001.0`` -> ``"400001"``)."""
-    numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().all() and (numeric == np.round(numeric)).all():
-        return numeric.astype(np.int64).astype(str).reset_index(drop=True).set_axis(values.index)
-    return values.astype(str).where(values.notna(), "")
+    """Ids as strings; integral numbers lose their ``.0`` (``400001.0`` -> ``"400001"``); missing -> ``""``."""
+    present = values.notna().to_numpy()
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    text = np.full(len(values), "", dtype=object)
+    if (np.isfinite(numeric) == present).all() and (numeric[present] == np.round(numeric[present])).all():
+        text[present] = numeric[present].astype(np.int64).astype(str)
+    else:
+        text[present] = values[present].astype(str).to_numpy()
+    return pd.Series(text, index=values.index, dtype=object)
 
 
 def _check_every_node_linked(kg: KnowledgeGraph, entities: list[str]) -> None:
