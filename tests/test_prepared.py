@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import datasets
@@ -190,3 +191,78 @@ def test_pems_bay_prepared_in_mph(tmp_path: Path) -> None:
     assert prepared.report["load"]["zeros_as_missing"] == prepared.report["days"]["values_interpolated"]
     prepared.save(tmp_path / "pems")
     assert PreparedDataset.load(tmp_path / "pems").days.tobytes() == prepared.days.tobytes()
+
+
+def load_script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "prepare_data.py"
+    spec = importlib.util.spec_from_file_location("prepare_data_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prepare_data_help_documents_every_layout(capsys) -> None:
+    script = load_script()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for layout in script.LAYOUTS:
+        assert f"--layout {layout} --output" in text
+    with pytest.raises(SystemExit):
+        script.parse_args(["--layout", "wide-csv", "--output", "x", "--csv", "a.csv"])
+    assert "needs --locations --first_timestamp --interval_minutes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prepare_data_script_synthetic_city(tmp_path: Path) -> None:
+    script = load_script()
+    output = tmp_path / "synthetic"
+    argv = ["--layout", "synthetic-city", "--output", str(output), "--num_nodes", "12", "--num_days", "9"]
+    argv += ["--steps_per_day", "24", "--embedding_dim", "8", "--tucker_epochs", "1"]
+    script.main(argv)
+    prepared = PreparedDataset.load(output)
+    assert prepared.days.shape[:3] == (12, 7, 24) and prepared.name == "synthetic"
+    assert all(pd.Timestamp(date).day_of_week < 5 for date in prepared.dates)
+    assert len(prepared.test_node_ids) == 3
+    assert prepared.entity_embeddings.shape == (prepared.kg.num_entities, 8)
+    assert prepared.relation_embeddings.shape == (2 * prepared.kg.num_relations, 8)
+    assert "mrr" in prepared.report["kg"]["tucker"]
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        script.main(argv)
+    script.main(argv + ["--no_kg_embeddings", "--overwrite", "--test_node_ids", prepared.node_ids[0]])
+    again = PreparedDataset.load(output)
+    assert again.entity_embeddings is None and again.test_node_ids == [prepared.node_ids[0]]
+
+
+@pytest.mark.slow
+def test_prepare_data_script_pems_bay(tmp_path: Path) -> None:
+    folder = SHARED_DATA / "pems_bay_16"
+    if not folder.is_dir():
+        pytest.skip(f"real data folder {folder} is absent")
+    script = load_script()
+    argv = ["--layout", "dcrnn-h5", "--output", str(tmp_path / "pems"), "--no_kg_embeddings"]
+    argv += [
+        "--h5",
+        str(folder / "pems-bay-16.h5"),
+        "--locations",
+        str(folder / "graph_sensor_locations_bay.csv"),
+    ]
+    argv += ["--distances_csv", str(folder / "distances_bay_2017.csv")]
+    argv += ["--station_meta", str(folder / "pems_bay_station_meta.csv")]
+    argv += [
+        "--osm_edges",
+        str(folder / "sensor_osm_edge.csv"),
+        "--start",
+        "2017-01-01",
+        "--end",
+        "2017-05-31",
+    ]
+    script.main(argv)
+    prepared = PreparedDataset.load(tmp_path / "pems")
+    assert prepared.days.shape == (16, 108, 288, 1) and prepared.day_mask.all()
+    lat = prepared.node_table.set_index("node_id")["lat"]
+    assert lat[prepared.test_node_ids].min() > lat[prepared.train_node_ids].max()
+    assert prepared.report["load"]["timestamps_inserted"] == 12
+    heads, tails = prepared.kg.triples[:, 0], prepared.kg.triples[:, 2]
+    linked = {prepared.kg.entities[i] for i in np.concatenate([heads, tails])}
+    assert set(prepared.node_table["entity"]) <= linked
