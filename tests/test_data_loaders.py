@@ -345,3 +345,12 @@ def test_long_table_round_trip(tmp_path: Path) -> None:
     table.iloc[[0, 0]].to_csv(tmp_path / "dup.csv", index=False)
     with pytest.raises(ValueError, match="dup.csv: duplicate timestamp 2024-01-01 00:00:00 for node 'b'"):
         load_long_table(tmp_path / "dup.csv", tmp_path / "nodes.csv")
+
+
+def test_pems_bay_16_full_half_year() -> None:
+    folder = real_folder("pems_bay_16")
+    data = load_dcrnn_h5(folder / "pems-bay-16.h5", folder / "graph_sensor_locations_bay.csv", key="speed")
+    assert data.load_report["zeros_as_missing"] == 16 and data.load_report["timestamps_inserted"] == 12
+    days, day_mask, dates, report = make_day_samples(data)
+    assert days.shape == (16, 130, 288, 1) and day_mask.all() and dates[-1] == "2017-06-30"
+    assert report["values_interpolated"] == 16
