@@ -319,9 +319,9 @@ class TuckerResult:
 def pretrain_tucker(
     kg: KnowledgeGraph,
     embedding_dim: int = 128,
-    epochs: int = 30,
-    batch_size: int = 256,
-    learning_rate: float = 0.003,
+    epochs: int = 100,
+    batch_size: int = 128,
+    learning_rate: float = 0.01,
     label_smoothing: float = 0.1,
     held_out_fraction: float = 0.05,
     seed: int = 0,
@@ -331,8 +331,8 @@ def pretrain_tucker(
     input_dropout: float = 0.2,
     hidden_dropout1: float = 0.2,
     hidden_dropout2: float = 0.3,
-    learning_rate_decay: float = 0.99,
-    patience: int = 3,
+    learning_rate_decay: float = 0.995,
+    patience: int = 5,
     eval_batch_size: int = 256,
 ) -> TuckerResult:
     """Trains TuckER on ``kg`` with 1-N scoring and returns its embeddings and held-out metrics.
