@@ -11,6 +11,9 @@ from kgdiff_diffusers import (
     KGDiffUNet2DModel,
 )
 
+# Test tensors are tiny: one thread avoids OpenMP start-up and barrier costs, which dominate on a busy 2-core box.
+torch.set_num_threads(1)
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -39,8 +42,13 @@ def make_tiny_pipeline(num_nodes: int = 6, num_features: int = 1, seed: int = 0)
         condition_dim=16,
     )
     unet = KGDiffUNet2DModel(
-        sample_size=16, num_features=num_features, condition_dim=16, block_out_channels=(16, 32), norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        sample_size=16,
+        num_features=num_features,
+        condition_dim=16,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
     )
     meta_pattern = KGDiffMetaPattern(condition_dim=16, seq_len=48, num_features=num_features, hidden_dim=32)
     pipe = KGDiffPipeline(

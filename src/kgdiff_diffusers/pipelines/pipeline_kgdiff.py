@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -225,6 +226,8 @@ class KGDiffPipeline(DiffusionPipeline):
         Returns:
             :class:`KGDiffPipelineOutput` with ``series`` ``(nodes, num_samples, T, D)`` in data units.
         """
+        if isinstance(node_ids, (str, bytes)):
+            raise TypeError(f"node_ids must be a list of node ids, got the string {node_ids!r}; use [{node_ids!r}]")
         node_ids = [] if node_ids is None else list(node_ids)
         new_nodes = dict(new_nodes or {})
         if not node_ids and not new_nodes:
@@ -254,6 +257,7 @@ class KGDiffPipeline(DiffusionPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         shifted = isinstance(self.scheduler, KGDiffScheduler)
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         if shifted:
             sample = self.scheduler.initial_sample(shape, meta_image, generator=generator, device=self.device)
         else:  # plain diffusers sampler on the residual Y = X - f (plain DDPM in Y)
@@ -265,7 +269,7 @@ class KGDiffPipeline(DiffusionPipeline):
             else:
                 model_input = self.scheduler.scale_model_input(sample, t) + meta_image
                 noise = self._predict_noise(model_input, t, condition, batch_size)
-                sample = self.scheduler.step(noise, t, sample, generator=generator).prev_sample
+                sample = self.scheduler.step(noise, t, sample, **step_kwargs).prev_sample
         if not shifted:
             sample = sample + meta_image
 

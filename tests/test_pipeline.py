@@ -1,0 +1,117 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kgdiff_diffusers import KGDiffPipeline
+from kgdiff_diffusers.schedulers.scheduling_kgdiff import make_sampler
+
+from .conftest import make_tiny_pipeline
+
+
+def generate(pipe, **kwargs):
+    kwargs.setdefault("num_inference_steps", 8)
+    return pipe(generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+def test_outputs_in_data_units_with_shapes_and_types(tiny_pipeline):
+    out = generate(tiny_pipeline, node_ids=["node1", "node4"], num_samples=3)
+    assert isinstance(out.series, np.ndarray) and out.series.shape == (2, 3, 48, 1)
+    assert out.node_ids == ["node1", "node4"] and out.meta_pattern.shape == (2, 48, 1)
+    assert np.isfinite(out.series).all()
+    # outputs come back through the stored stats: mean 50, std 10 on roughly unit-scale images
+    assert 30 < out.series.mean() < 70 and out.series.std() > 3
+    pt = generate(tiny_pipeline, node_ids=["node1", "node4"], num_samples=3, output_type="pt")
+    assert isinstance(pt.series, torch.Tensor) and np.array_equal(pt.series.numpy(), out.series)
+    frame = generate(tiny_pipeline, node_ids=["node1", "node4"], num_samples=3, output_type="pd").series
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 2 * 3 * 48
+    assert np.array_equal(frame["f0"].to_numpy(), out.series.reshape(-1))
+    series, node_ids, meta = generate(tiny_pipeline, node_ids=["node1"], return_dict=False)
+    assert series.shape == (1, 1, 48, 1) and node_ids == ["node1"]
+
+
+def test_save_and_reload_generate_bit_identical_series(tiny_pipeline, tmp_path):
+    before = generate(tiny_pipeline, node_ids=["node0", "node5"], num_samples=4).series
+    tiny_pipeline.save_pretrained(tmp_path)
+    files = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert "model_index.json" in files
+    for component in ("unet", "condition_encoder", "meta_pattern"):
+        assert f"{component}/diffusion_pytorch_model.safetensors" in files
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.config.node_ids == tiny_pipeline.config.node_ids
+    after = generate(reloaded, node_ids=["node0", "node5"], num_samples=4).series
+    assert np.array_equal(before, after)
+
+
+def test_batching_over_nodes_does_not_change_results(tiny_pipeline):
+    batched = generate(tiny_pipeline, node_ids=["node0", "node1", "node2"], num_samples=2, batch_size=256).series
+    chunked = generate(tiny_pipeline, node_ids=["node0", "node1", "node2"], num_samples=2, batch_size=1).series
+    np.testing.assert_allclose(batched, chunked, rtol=1e-4, atol=1e-3)
+
+
+def test_generator_list_gives_each_day_its_own_stream(tiny_pipeline):
+    gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
+    both = tiny_pipeline(node_ids=["node2"], num_samples=2, num_inference_steps=8, generator=gens).series
+    alone = tiny_pipeline(
+        node_ids=["node2"], num_samples=1, num_inference_steps=8, generator=[torch.Generator().manual_seed(8)]
+    ).series
+    np.testing.assert_allclose(both[0, 1], alone[0, 0], rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="generators"):
+        tiny_pipeline(node_ids=["node2"], num_samples=2, generator=[torch.Generator()])
+
+
+def test_new_node_with_the_neighbours_of_a_known_node_gets_its_condition(tiny_pipeline):
+    encoder = tiny_pipeline.condition_encoder
+    mine = encoder.edge_node == 3
+    neighbours = [
+        (tiny_pipeline.config.relation_names[r], tiny_pipeline.config.entity_names[t])
+        for r, t in zip(encoder.edge_relation[mine].tolist(), encoder.edge_neighbor[mine].tolist())
+    ]
+    known = tiny_pipeline.condition(["node3"])
+    new = tiny_pipeline.condition(new_nodes={"planned": neighbours})
+    torch.testing.assert_close(new, known)
+    out = generate(tiny_pipeline, node_ids=["node3"], new_nodes={"planned": neighbours})
+    assert out.node_ids == ["node3", "planned"] and out.series.shape == (2, 1, 48, 1)
+    with pytest.raises(ValueError, match="entity 'Nowhere'"):
+        generate(tiny_pipeline, new_nodes={"planned": [("R1", "Nowhere")]})
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++", "unipc"])
+def test_fast_diffusers_samplers_plug_in(tiny_pipeline, sampler):
+    tiny_pipeline.scheduler = make_sampler(sampler, tiny_pipeline.scheduler.config)
+    out = generate(tiny_pipeline, node_ids=["node0"], num_samples=2, num_inference_steps=5)
+    assert out.series.shape == (1, 2, 48, 1) and np.isfinite(out.series).all()
+
+
+def test_bad_requests_raise_clear_errors(tiny_pipeline):
+    with pytest.raises(ValueError, match=r"unknown node ids \['nope'\]"):
+        generate(tiny_pipeline, node_ids=["node1", "nope"])
+    with pytest.raises(ValueError, match="num_samples"):
+        generate(tiny_pipeline, node_ids=["node1"], num_samples=0)
+    with pytest.raises(TypeError, match="node ids must be str or int"):
+        generate(tiny_pipeline, node_ids=[1.5])
+    with pytest.raises(TypeError, match="list of node ids"):
+        generate(tiny_pipeline, node_ids="node1")
+    with pytest.raises(ValueError, match="output_type"):
+        generate(tiny_pipeline, node_ids=["node1"], output_type="pil")
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        generate(tiny_pipeline, node_ids=["node1"], num_inference_steps=500)
+
+
+def test_mismatched_components_are_rejected():
+    pipe = make_tiny_pipeline()
+    with pytest.raises(ValueError, match="node_ids"):
+        KGDiffPipeline(
+            unet=pipe.unet, condition_encoder=pipe.condition_encoder, scheduler=pipe.scheduler, node_ids=["a", "b"]
+        )
+    with pytest.raises(ValueError, match="sample_size"):
+        KGDiffPipeline(
+            unet=pipe.unet,
+            condition_encoder=pipe.condition_encoder,
+            scheduler=pipe.scheduler,
+            seq_len=288,
+            delay_window=32,
+            delay_stride=9,
+        )
