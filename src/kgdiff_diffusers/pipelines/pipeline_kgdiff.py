@@ -257,7 +257,8 @@ class KGDiffPipeline(DiffusionPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         shifted = isinstance(self.scheduler, KGDiffScheduler)
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
         if shifted:
             sample = self.scheduler.initial_sample(shape, meta_image, generator=generator, device=self.device)
         else:  # plain diffusers sampler on the residual Y = X - f (plain DDPM in Y)
