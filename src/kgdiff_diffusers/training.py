@@ -11,6 +11,7 @@ from .delay_embedding import DelayEmbedding
 from .models.condition_encoder import KGConditionEncoder
 from .models.meta_pattern import KGDiffMetaPattern
 from .models.unet_kgdiff import KGDiffUNet2DModel
+from .pipelines.pipeline_kgdiff import KGDiffPipeline
 from .schedulers.scheduling_kgdiff import KGDiffScheduler
 
 
@@ -71,4 +72,112 @@ def kgdiff_loss(
     noise_loss = F.mse_loss(predicted[..., :window, :columns], noise[..., :window, :columns])
     return KGDiffLoss(
         loss=noise_loss + meta_pattern_weight * meta_loss, noise_loss=noise_loss, meta_pattern_loss=meta_loss
+    )
+
+
+# Paper settings: (window V, stride U) of the delay embedding per day length T.
+DELAY_PRESETS = {48: (16, 3), 288: (32, 9)}
+
+
+@dataclass
+class KGDiffModelConfig:
+    """Sizes and ablation switches of a KGDiff model (paper defaults: tau = 200, d = 128).
+
+    ``delay_window`` / ``delay_stride`` of ``None`` take :data:`DELAY_PRESETS` for the data's day length.
+    Ablations (paper Table 3): ``use_geometry_moe``, ``use_euclidean``, ``use_hyperbolic``,
+    ``use_spherical`` (condition encoder), ``use_meta_pattern`` (``f = 0``), ``use_guidance``
+    (unconditional: ``phi = 0``).
+    """
+
+    condition_dim: int = 128
+    num_train_timesteps: int = 200
+    beta_schedule: str = "squaredcos_cap_v2"
+    delay_window: int | None = None
+    delay_stride: int | None = None
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 1
+    norm_num_groups: int = 32
+    meta_pattern_hidden_dim: int = 256
+    train_embeddings: bool = False
+    use_geometry_moe: bool = True
+    use_euclidean: bool = True
+    use_hyperbolic: bool = True
+    use_spherical: bool = True
+    use_meta_pattern: bool = True
+    use_guidance: bool = True
+
+
+def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPipeline:
+    """An untrained :class:`KGDiffPipeline` for a :class:`~kgdiff_diffusers.data.prepared.PreparedDataset`.
+
+    The condition encoder indexes every node of the dataset (train and test: a test node's condition
+    comes from its KG neighbours only, never from its data) and starts from the dataset's TuckER
+    embeddings. Normalisation statistics, node ids and KG names are stored in the pipeline.
+    """
+    config = config or KGDiffModelConfig()
+    if dataset.entity_embeddings is None or dataset.relation_embeddings is None:
+        raise ValueError(
+            f"dataset {dataset.name!r} has no KG embeddings: run scripts/pretrain_kg.py on it "
+            "(or prepare it without --no_kg_embeddings)"
+        )
+    steps = dataset.steps_per_day
+    window, stride = config.delay_window, config.delay_stride
+    if window is None or stride is None:
+        if steps not in DELAY_PRESETS:
+            raise ValueError(
+                f"no delay-embedding preset for {steps}-step days (presets: {sorted(DELAY_PRESETS)}); "
+                "set delay_window and delay_stride"
+            )
+        window, stride = DELAY_PRESETS[steps]
+    delay_embedding = DelayEmbedding(steps, window, stride)
+    kg = dataset.kg
+    node_entities = dataset.node_table["entity"].astype(str).tolist()
+    edge_node, edge_relation, edge_neighbor = kg.neighbor_index(node_entities)
+    encoder = KGConditionEncoder.from_knowledge_graph(
+        torch.from_numpy(dataset.entity_embeddings),
+        torch.from_numpy(dataset.relation_embeddings),
+        torch.from_numpy(edge_node),
+        torch.from_numpy(edge_relation),
+        torch.from_numpy(edge_neighbor),
+        num_nodes=len(node_entities),
+        condition_dim=config.condition_dim,
+        train_embeddings=config.train_embeddings,
+        use_euclidean=config.use_euclidean,
+        use_hyperbolic=config.use_hyperbolic,
+        use_spherical=config.use_spherical,
+        use_geometry_moe=config.use_geometry_moe,
+        use_guidance=config.use_guidance,
+    )
+    num_blocks = len(config.block_out_channels)
+    unet = KGDiffUNet2DModel(
+        sample_size=delay_embedding.image_size,
+        num_features=dataset.num_features,
+        condition_dim=config.condition_dim,
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        down_block_types=("DownBlock2D",) * num_blocks,
+        up_block_types=("UpBlock2D",) * num_blocks,
+        norm_num_groups=config.norm_num_groups,
+    )
+    meta_pattern = (
+        KGDiffMetaPattern(config.condition_dim, steps, dataset.num_features, config.meta_pattern_hidden_dim)
+        if config.use_meta_pattern
+        else None
+    )
+    scheduler = KGDiffScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
+    return KGDiffPipeline(
+        unet=unet,
+        condition_encoder=encoder,
+        scheduler=scheduler,
+        meta_pattern=meta_pattern,
+        node_ids=dataset.node_ids,
+        feature_names=list(dataset.feature_names),
+        feature_mean=[float(m) for m in dataset.feature_mean],
+        feature_std=[float(s) for s in dataset.feature_std],
+        seq_len=steps,
+        delay_window=window,
+        delay_stride=stride,
+        interval_minutes=int(dataset.interval_minutes),
+        entity_names=list(kg.entities),
+        relation_names=kg.relation_names_with_inverse(),
     )
