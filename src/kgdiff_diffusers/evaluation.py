@@ -1,0 +1,469 @@
+"""Evaluation of a KGDiff pipeline on a dataset's unseen test nodes against baselines (DESIGN.md §8).
+
+:func:`evaluate_pipeline` generates, for every test node, as many days as the node has real days (one
+pipeline call, masked per node), draws the same number of days from every baseline of
+:mod:`kgdiff_diffusers.baselines`, and scores all methods with :func:`kgdiff_diffusers.metrics.evaluate_nodes`
+on the same nodes and days, in data units, with one JSD value range (the real test data's) for all.
+:func:`write_report` writes ``metrics.json``, ``report.md`` and the pictures of
+:mod:`kgdiff_diffusers.plotting`; :func:`save_samples` writes the arrays so anyone can recompute the metrics.
+
+The planners' side lives here too: :func:`new_node_neighbors` turns the triples of a new place
+(:func:`kgdiff_diffusers.kg.builders.new_node_triples`) into the ``(relation, entity)`` pairs that
+:class:`~kgdiff_diffusers.KGDiffPipeline` conditions on, and :func:`plot_generated_days` draws generated days.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .baselines import all_baselines
+from .kg.graph import INVERSE_SUFFIX
+from .metrics import DEFAULT_JSD_BINS, evaluate_nodes
+from .plotting import GENERATED_COLOR, plot_daily_profiles, plot_tsne, plot_value_kde
+from .schedulers.scheduling_kgdiff import make_sampler
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "KGDiff"
+METRIC_NAMES = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "jsd")
+METRIC_LABELS = {"mae": "MAE", "rmse": "RMSE", "mmd": "MMD", "mmd_fixed_bandwidth": "MMD-fixed", "jsd": "JSD"}
+MMD_BANDWIDTH_NOTE = (
+    "MMD: bw0 = mean squared pairwise distance of the node's pooled real + generated days (KSTDiff); "
+    "MMD-fixed: bw0 = mean squared pairwise distance of the node's real days only"
+)
+METHOD_DESCRIPTIONS = {
+    MODEL_NAME: "this pipeline, conditioned on the node's KG neighbourhood",
+    "global_mean_profile": "mean of all training days, repeated",
+    "random_training_days": "random training days (unconditional)",
+    "knn{k}_profile": "mean day of the k={k} nearest training nodes, repeated",
+    "knn{k}_days": "random days of the k={k} nearest training nodes",
+}
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+PICTURES = ("daily_profiles.png", "value_kde.png", "tsne.png")
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics and the arrays behind them, all in data units.
+
+    Attributes:
+        metrics: the ``metrics.json`` dict (``methods`` -> method name -> ``mae, rmse, mmd,
+            mmd_fixed_bandwidth, jsd``, plus dataset, nodes, sampler and metric settings).
+        node_ids: ``(N,)`` the evaluated test nodes.
+        generated: ``(N, S_gen, T, D)`` KGDiff days; ``generated_mask`` ``(N, S_gen)`` bool, the days used.
+        real: ``(N, S, T, D)`` the dataset's days of these nodes (the dataset's day axis, ``dates``);
+            ``real_mask`` ``(N, S)`` bool marks the days compared (valid days, at most ``max_days_per_node``).
+        dates: ``(S,)`` ISO dates of ``real``'s day axis.
+    """
+
+    metrics: dict
+    node_ids: list[str]
+    generated: np.ndarray
+    generated_mask: np.ndarray
+    real: np.ndarray
+    real_mask: np.ndarray
+    dates: list[str]
+
+
+def check_pipeline_matches(pipe, dataset) -> None:
+    """Raises ``ValueError`` unless ``pipe`` can be evaluated on ``dataset``'s test nodes.
+
+    The pipeline must know every test node id and produce the dataset's features and day length.
+    """
+    known = set(pipe.config.node_ids)
+    missing = [node_id for node_id in dataset.test_node_ids if node_id not in known]
+    if missing:
+        raise ValueError(
+            f"the pipeline does not know {len(missing)} test node(s) of dataset {dataset.name!r}, e.g. "
+            f"{missing[:5]}: evaluate a pipeline trained on this prepared dataset (same node table)"
+        )
+    if list(pipe.config.feature_names) != list(dataset.feature_names):
+        raise ValueError(
+            f"feature names differ: pipeline {list(pipe.config.feature_names)}, dataset {dataset.name!r} "
+            f"{list(dataset.feature_names)}: evaluate a pipeline trained on this dataset"
+        )
+    if int(pipe.config.seq_len) != dataset.steps_per_day:
+        raise ValueError(
+            f"the pipeline makes {pipe.config.seq_len}-step days but dataset {dataset.name!r} has "
+            f"{dataset.steps_per_day}-step days"
+        )
+
+
+def use_sampler(pipe, sampler: str) -> None:
+    """Sets ``pipe.scheduler`` to ``sampler`` (``"ddpm" | "ddim" | "dpm++" | "unipc"``), keeping its betas."""
+    pipe.scheduler = make_sampler(sampler, pipe.scheduler.config)
+
+
+def generate_for_nodes(
+    pipe,
+    node_ids: Sequence[str],
+    num_samples: int | Sequence[int],
+    num_inference_steps: int = 50,
+    sampler: str = "ddpm",
+    seed: int = 0,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generated days for known nodes, a possibly different number per node, in one pipeline call.
+
+    The pipeline draws ``max(num_samples)`` days per node; the mask keeps the first ``num_samples[i]`` of
+    node ``i``. ``pipe``'s scheduler is left as it was.
+
+    Args:
+        pipe: a :class:`~kgdiff_diffusers.KGDiffPipeline`.
+        node_ids: ``(N,)`` ids the pipeline knows.
+        num_samples: days per node, one int for all or ``(N,)`` ints, each ``>= 1``.
+        num_inference_steps: denoising steps.
+        sampler: ``"ddpm"`` (the paper's shifted DDPM), ``"ddim"``, ``"dpm++"`` or ``"unipc"``.
+        seed: seed of the CPU ``torch.Generator`` that draws all noise.
+        batch_size: images per denoiser call.
+
+    Returns:
+        ``(generated, mask)``: ``(N, S_max, T, D)`` float32 in data units and ``(N, S_max)`` bool.
+    """
+    node_ids = [str(node_id) for node_id in node_ids]
+    counts = np.broadcast_to(np.asarray(num_samples), (len(node_ids),)).astype(np.int64)
+    if len(node_ids) == 0 or counts.min() < 1:
+        raise ValueError(f"need >= 1 node and num_samples >= 1 per node; got {len(node_ids)} nodes, "
+                         f"num_samples {num_samples}")
+    scheduler = pipe.scheduler
+    try:
+        use_sampler(pipe, sampler)
+        output = pipe(
+            node_ids=node_ids,
+            num_samples=int(counts.max()),
+            num_inference_steps=num_inference_steps,
+            generator=torch.Generator().manual_seed(seed),
+            batch_size=batch_size,
+        )
+    finally:
+        pipe.scheduler = scheduler
+    mask = np.arange(counts.max())[None, :] < counts[:, None]
+    return np.asarray(output.series, dtype=np.float32), mask
+
+
+def _compared_days(day_mask: np.ndarray, max_days_per_node: int | None, seed: int) -> np.ndarray:
+    """``(N, S)`` bool: the valid days, or a seeded random subset of at most ``max_days_per_node`` a node."""
+    if max_days_per_node is None:
+        return day_mask.copy()
+    if max_days_per_node < 1:
+        raise ValueError(f"max_days_per_node: must be >= 1 or None; got {max_days_per_node}")
+    rng = np.random.default_rng(seed)
+    compared = np.zeros_like(day_mask)
+    for node, valid in enumerate(day_mask):
+        days = np.flatnonzero(valid)
+        compared[node, rng.choice(days, size=min(len(days), max_days_per_node), replace=False)] = True
+    return compared
+
+
+def _method_metrics(scores: dict) -> dict:
+    """The five metric means of :func:`evaluate_nodes`; NaN (undefined) becomes None for JSON."""
+    return {name: (scores[name] if math.isfinite(scores[name]) else None) for name in METRIC_NAMES}
+
+
+def evaluate_pipeline(
+    pipe,
+    dataset,
+    num_inference_steps: int = 50,
+    sampler: str = "ddpm",
+    seed: int = 0,
+    samples_per_node: int | None = None,
+    include_baselines: bool = True,
+    ks: Sequence[int] = (1, 3, 5),
+    max_days_per_node: int | None = None,
+    batch_size: int = 256,
+    jsd_bins: int = DEFAULT_JSD_BINS,
+) -> EvaluationResult:
+    """KGDiff and every baseline on ``dataset``'s test nodes, in the ``metrics.json`` format.
+
+    Test nodes without a valid day are left out (logged). For each remaining node the compared real days
+    are its valid days (a seeded random subset of at most ``max_days_per_node`` of them, to keep
+    validation during training cheap); every method generates as many days per node (or
+    ``samples_per_node`` for every node). Baselines draw from the training nodes only. The JSD histogram
+    range of each feature is the min/max of the compared real values of all test nodes, shared by all
+    methods.
+
+    Args:
+        pipe: a :class:`~kgdiff_diffusers.KGDiffPipeline` trained on ``dataset``'s node table.
+        dataset: a :class:`~kgdiff_diffusers.data.prepared.PreparedDataset`.
+        num_inference_steps, sampler, batch_size: see :func:`generate_for_nodes`.
+        seed: seed of the generation noise, the baselines' draws and the day subset.
+        samples_per_node: generated days per node; ``None`` = the node's number of compared real days.
+        include_baselines: also score :func:`kgdiff_diffusers.baselines.all_baselines`.
+        ks: donor counts of the kNN baselines.
+        max_days_per_node: at most this many real days compared per node; ``None`` = all.
+        jsd_bins: histogram bins of the JSD.
+
+    Returns:
+        :class:`EvaluationResult`.
+    """
+    check_pipeline_matches(pipe, dataset)
+    test_rows = dataset.test_rows
+    with_days = dataset.day_mask[test_rows].any(axis=1)
+    if not with_days.any():
+        raise ValueError(f"dataset {dataset.name!r}: no test node has a valid day; nothing to evaluate")
+    if not with_days.all():
+        logger.warning("left out %d test node(s) without a valid day: %s", int((~with_days).sum()),
+                       [dataset.node_ids[row] for row in test_rows[~with_days]])
+    test_rows = test_rows[with_days]
+    node_ids = [dataset.node_ids[row] for row in test_rows]
+    real = dataset.days[test_rows]
+    real_mask = _compared_days(dataset.day_mask[test_rows], max_days_per_node, seed)
+    counts = real_mask.sum(axis=1) if samples_per_node is None else samples_per_node
+    generated, generated_mask = generate_for_nodes(
+        pipe, node_ids, counts, num_inference_steps, sampler, seed, batch_size
+    )
+    compared = real[real_mask]
+    jsd_range = np.stack([compared.min(axis=(0, 1)), compared.max(axis=(0, 1))], axis=1).astype(np.float64)
+    methods = {MODEL_NAME: generated}
+    if include_baselines:
+        train_rows = dataset.train_rows
+        coords = dataset.node_table[["lat", "lon"]].to_numpy(dtype=np.float64)
+        methods.update(all_baselines(
+            dataset.days[train_rows], dataset.day_mask[train_rows], coords[train_rows], coords[test_rows],
+            num_samples=generated.shape[1], ks=ks, seed=seed,
+        ))
+    scores = {
+        name: _method_metrics(evaluate_nodes(days, real, real_mask, generated_mask, jsd_bins, jsd_range))
+        for name, days in methods.items()
+    }
+    metrics = {
+        "dataset": dataset.name,
+        "split": "test",
+        "num_test_nodes": len(node_ids),
+        "test_node_ids": node_ids,
+        "sampler": sampler,
+        "num_inference_steps": int(num_inference_steps),
+        "mmd_bandwidth": MMD_BANDWIDTH_NOTE,
+        "jsd_bins": int(jsd_bins),
+        "jsd_range": jsd_range.tolist(),
+        "jsd_log_base": "e",
+        "seed": int(seed),
+        "num_real_days": int(real_mask.sum()),
+        "max_days_per_node": max_days_per_node,
+        "methods": scores,
+    }
+    return EvaluationResult(
+        metrics, node_ids, generated, generated_mask, real, real_mask, list(dataset.dates)
+    )
+
+
+def _describe(method: str) -> str:
+    if method.startswith("knn"):
+        k, _, kind = method[3:].partition("_")
+        return METHOD_DESCRIPTIONS.get(f"knn{{k}}_{kind}", "").format(k=k)
+    return METHOD_DESCRIPTIONS.get(method, "")
+
+
+def markdown_table(metrics: dict) -> str:
+    """A Markdown table of every method in ``metrics["methods"]`` (rows) by MAE/RMSE/MMD/MMD-fixed/JSD.
+
+    The best (lowest) value of each column is bold; an undefined value is shown as ``n/a``.
+
+    Args:
+        metrics: a ``metrics.json`` dict (see :func:`evaluate_pipeline`).
+
+    Returns:
+        The table, one line per row, ending with a newline.
+    """
+    methods = metrics["methods"]
+    best = {}
+    for name in METRIC_NAMES:
+        values = [scores[name] for scores in methods.values() if scores.get(name) is not None]
+        best[name] = min(values) if values else None
+    lines = [
+        "| method | " + " | ".join(METRIC_LABELS[name] for name in METRIC_NAMES) + " | description |",
+        "|---|" + "---:|" * len(METRIC_NAMES) + "---|",
+    ]
+    for method, scores in methods.items():
+        cells = []
+        for name in METRIC_NAMES:
+            value = scores.get(name)
+            text = "n/a" if value is None else f"{value:.3f}" if name in ("mae", "rmse") else f"{value:.4f}"
+            cells.append(f"**{text}**" if value is not None and value == best[name] else text)
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {_describe(method)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    result: EvaluationResult,
+    output_dir: str | Path,
+    interval_minutes: int,
+    feature_names: Sequence[str],
+    max_plot_nodes: int = 6,
+) -> dict[str, Path]:
+    """Writes ``metrics.json``, ``report.md`` and ``daily_profiles.png``, ``value_kde.png``, ``tsne.png``.
+
+    Existing files of these names in ``output_dir`` are replaced (callers decide whether that is allowed).
+
+    Args:
+        result: from :func:`evaluate_pipeline`.
+        output_dir: folder, created if absent.
+        interval_minutes: minutes per step (x axis of the daily profiles).
+        feature_names: ``(D,)`` axis labels.
+        max_plot_nodes: test nodes drawn in ``daily_profiles.png``.
+
+    Returns:
+        ``{file name: path}`` of everything written.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: output_dir / name for name in (METRICS_FILE, REPORT_FILE, *PICTURES)}
+    with open(paths[METRICS_FILE], "w", encoding="utf-8") as f:
+        json.dump(result.metrics, f, indent=2)
+    plot_daily_profiles(
+        result.real, result.real_mask, result.generated, result.node_ids, paths["daily_profiles.png"],
+        interval_minutes, feature_names, max_nodes=max_plot_nodes, generated_mask=result.generated_mask,
+    )
+    plot_value_kde(result.real, result.generated, paths["value_kde.png"], result.real_mask,
+                   result.generated_mask, feature_names)
+    plot_tsne(result.real, result.generated, paths["tsne.png"], result.real_mask, result.generated_mask)
+    metrics = result.metrics
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    report = [
+        f"# KGDiff evaluation: {metrics['dataset']}",
+        "",
+        f"Generated {stamp}. Sampler `{metrics['sampler']}` with {metrics['num_inference_steps']} inference "
+        f"steps, seed {metrics['seed']}. {metrics['num_test_nodes']} unseen test nodes, "
+        f"{metrics['num_real_days']} real days compared; every method generates as many days per node as the "
+        "node has real days. All values in data units "
+        f"({', '.join(feature_names)}); lower is better, the best of each column is bold.",
+        "",
+        markdown_table(metrics),
+        "- MAE / RMSE: between each node's mean generated day and mean real day, averaged over nodes.",
+        f"- {metrics['mmd_bandwidth']}.",
+        f"- JSD: natural log (at most ln 2), {metrics['jsd_bins']} bins over the real test values' range "
+        f"{metrics['jsd_range']} (per feature) plus under/overflow bins, shared by all methods.",
+        "",
+        "Test nodes: " + ", ".join(f"`{node_id}`" for node_id in metrics["test_node_ids"]),
+        "",
+        "![daily profiles](daily_profiles.png)",
+        "",
+        "![value KDE](value_kde.png)",
+        "",
+        "![t-SNE](tsne.png)",
+        "",
+    ]
+    paths[REPORT_FILE].write_text("\n".join(report), encoding="utf-8")
+    return paths
+
+
+def save_samples(path: str | Path, result: EvaluationResult) -> Path:
+    """Writes the compared days as a compressed npz, so the metrics can be recomputed independently.
+
+    Keys: ``node_ids`` ``(N,)`` str, ``generated`` ``(N, S_gen, T, D)`` and ``generated_mask`` ``(N, S_gen)``,
+    ``real`` ``(N, S, T, D)`` and ``real_mask`` ``(N, S)`` (data units; the days the metrics compared),
+    ``dates`` ``(S,)`` ISO dates of ``real``'s day axis.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez_compressed(
+            f,
+            node_ids=np.asarray(result.node_ids, dtype=str),
+            generated=result.generated,
+            generated_mask=result.generated_mask,
+            real=result.real,
+            real_mask=result.real_mask,
+            dates=np.asarray(result.dates, dtype=str),
+        )
+    return path
+
+
+def new_node_neighbors(
+    entity: str,
+    triples: Sequence[tuple[str, str, str]],
+    entity_names: Sequence[str],
+    relation_names: Sequence[str],
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The ``(relation, entity)`` neighbours of a new KG entity, as the pipeline's ``new_nodes`` takes them.
+
+    As in :meth:`kgdiff_diffusers.kg.graph.KnowledgeGraph.neighbor_index`: a triple ``(entity, r, t)`` gives
+    ``(r, t)``, a triple ``(h, r, entity)`` gives ``(r + "_inv", h)``; triples not touching ``entity`` are
+    ignored. Pairs whose relation or entity the pipeline has no embedding for (e.g. a new POI or a new
+    grid cell) cannot condition the encoder and are returned separately.
+
+    Args:
+        entity: the new node's entity name.
+        triples: ``(head, relation, tail)`` names, e.g. from
+            :func:`~kgdiff_diffusers.kg.builders.new_node_triples`.
+        entity_names, relation_names: the pipeline's ``config.entity_names`` / ``config.relation_names``.
+
+    Returns:
+        ``(kept, dropped)`` lists of ``(relation, entity)`` pairs, without duplicates, in triple order.
+    """
+    known_entities, known_relations = set(entity_names), set(relation_names)
+    kept, dropped = [], []
+    for head, relation, tail in triples:
+        if head == entity:
+            pair = (relation, tail)
+        elif tail == entity:
+            pair = (relation + INVERSE_SUFFIX, head)
+        else:
+            continue
+        target = kept if pair[0] in known_relations and pair[1] in known_entities else dropped
+        if pair not in target:
+            target.append(pair)
+    return kept, dropped
+
+
+def plot_generated_days(
+    series: np.ndarray,
+    node_ids: Sequence[str],
+    path: str | Path,
+    interval_minutes: int,
+    feature_names: Sequence[str],
+    max_nodes: int = 8,
+) -> Path:
+    """Mean generated day with a 10-90 % band, a row per node (at most ``max_nodes``), a column per feature.
+
+    Args:
+        series: ``(N, S, T, D)`` generated days, data units.
+        node_ids: ``(N,)`` row titles.
+        path: PNG file to write (parent folders are created).
+        interval_minutes: minutes per step (x axis in hours of the day).
+        feature_names: ``(D,)`` y-axis labels.
+        max_nodes: the first ``max_nodes`` nodes are drawn.
+
+    Returns:
+        ``path``.
+    """
+    series = np.asarray(series, dtype=np.float64)
+    if series.ndim != 4 or len(node_ids) != series.shape[0] or len(feature_names) != series.shape[-1]:
+        raise ValueError(f"series {series.shape}: expected (N, S, T, D) with N = {len(node_ids)} node ids "
+                         f"and D = {len(feature_names)} feature names")
+    num_nodes, num_features = min(max_nodes, series.shape[0]), series.shape[-1]
+    hours = np.arange(series.shape[2]) * interval_minutes / 60.0
+    figure = Figure(figsize=(4.5 * num_features, 2.4 * num_nodes), layout="constrained")
+    axes = figure.subplots(num_nodes, num_features, squeeze=False, sharex=True)
+    for node in range(num_nodes):
+        for feature in range(num_features):
+            values = series[node, ..., feature]
+            low, high = np.percentile(values, [10, 90], axis=0)
+            axis = axes[node, feature]
+            axis.fill_between(hours, low, high, color=GENERATED_COLOR, alpha=0.2, linewidth=0,
+                              label="10-90 %")
+            axis.plot(hours, values.mean(axis=0), color=GENERATED_COLOR, label=f"mean of {len(values)} days")
+            axis.set_title(str(node_ids[node]), fontsize=9)
+            axis.set_ylabel(feature_names[feature])
+            axis.legend(fontsize=7, loc="upper left")
+    for axis in axes[-1]:
+        axis.set_xlabel("hour of day")
+    figure.suptitle("Generated days: mean and 10-90 % band")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    return path
