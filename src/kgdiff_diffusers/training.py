@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -56,9 +57,7 @@ def kgdiff_loss(
     phi = condition_encoder(node_rows)
     x0 = delay_embedding.to_image(days)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    timesteps = torch.randint(
-        0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=x0.device
-    )
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=x0.device)
     if meta_pattern is not None:
         meta_series = meta_pattern(phi)
         meta_image = delay_embedding.to_image(meta_series)
@@ -180,4 +179,29 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         interval_minutes=int(dataset.interval_minutes),
         entity_names=list(kg.entities),
         relation_names=kg.relation_names_with_inverse(),
+    )
+
+
+def training_samples(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (node, day) training pairs of a prepared dataset, normalised.
+
+    Only valid days of TRAIN nodes are returned; a test node's data never reaches the denoiser.
+
+    Returns:
+        ``days`` ``(K, D, T)`` float32 normalised with the dataset's train statistics, and ``node_rows``
+        ``(K,)`` int64 encoder rows (positions in ``dataset.node_ids``).
+    """
+    train_rows = np.asarray(dataset.train_rows, dtype=np.int64)
+    test_rows = set(np.asarray(dataset.test_rows).tolist())
+    if test_rows & set(train_rows.tolist()):
+        raise ValueError("the dataset's train and test node sets overlap")
+    node_index, day_index = np.nonzero(dataset.day_mask[train_rows])
+    rows = train_rows[node_index]
+    assert not test_rows.intersection(rows.tolist()), "a test node reached the training samples"
+    if len(rows) == 0:
+        raise ValueError(f"dataset {dataset.name!r} has no valid training days")
+    days = dataset.days[rows, day_index]  # (K, T, D)
+    normalised = (days - dataset.feature_mean) / dataset.feature_std
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 2, 1), dtype=np.float32)), torch.from_numpy(
+        rows
     )

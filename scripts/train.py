@@ -1,0 +1,466 @@
+"""Train KGDiff with Accelerate.
+
+    accelerate launch scripts/train.py --dataset data/pems_bay --output_dir runs/pems_bay
+    accelerate launch scripts/train.py --dataset synthetic-city --preset cpu-small --output_dir runs/demo
+    accelerate launch scripts/train.py --config my_run.yaml --resume_from_checkpoint latest
+
+The condition encoder, meta pattern and denoiser are trained jointly on the TRAIN nodes' days only
+(test nodes are held out for evaluation: their data never reaches the model). The script follows
+diffusers' training examples: gradient accumulation, mixed precision, EMA weights, AdamW with a
+learning-rate schedule, gradient clipping, checkpoints that resume exactly (steps, optimiser, EMA,
+RNG, data order), tensorboard logging, periodic validation on the test nodes, and at the end a
+``KGDiffPipeline`` with the EMA weights in ``--output_dir`` (optionally pushed to the Hub).
+
+Multi-process: ``accelerate launch --num_processes 2 scripts/train.py ...`` runs unchanged on CPU
+(gloo) and, with an ``accelerate config`` file, on several GPUs / nodes, DeepSpeed or FSDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
+from kgdiff_diffusers.data.synthetic import make_synthetic_city
+from kgdiff_diffusers.kg.tucker import pretrain_tucker, save_kg_embeddings
+from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline, kgdiff_loss, training_samples
+
+logger = get_logger(__name__, log_level="INFO")
+
+PRESETS = {
+    # The paper's settings: tau = 200, d = 128; delay embedding from the day length (48 -> 16/3, 288 -> 32/9).
+    "paper": {},
+    # A small model that trains in minutes on a laptop CPU.
+    "cpu-small": {
+        "condition_dim": 64,
+        "block_out_channels": "32,64,64",
+        "norm_num_groups": 16,
+        "meta_pattern_hidden_dim": 128,
+    },
+}
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class GeneratorState:
+    """Makes a ``torch.Generator`` checkpointable with ``accelerator.register_for_checkpointing``.
+
+    The loss draws its noise and steps from this generator rather than the global RNG, whose stream
+    also feeds the data loader's worker seeds: a resumed run then draws exactly the noise it would have.
+    """
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="YAML file of argument values (command-line flags win)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="named model settings")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", help="prepared dataset folder (scripts/prepare_data.py) or 'synthetic-city'")
+    data.add_argument("--synthetic_nodes", type=int, default=40, help="synthetic-city: sensors")
+    data.add_argument("--synthetic_days", type=int, default=30, help="synthetic-city: calendar days")
+    data.add_argument("--embedding_dim", type=int, default=128, help="TuckER d when embeddings must be pretrained")
+    data.add_argument("--tucker_epochs", type=int, default=30, help="TuckER epochs when embeddings are missing")
+    model = parser.add_argument_group("model (defaults: the preset)")
+    model.add_argument("--condition_dim", type=int, help="size of phi (paper: 128)")
+    model.add_argument("--block_out_channels", help="UNet channels per resolution, e.g. 64,128,128")
+    model.add_argument("--layers_per_block", type=int)
+    model.add_argument("--norm_num_groups", type=int)
+    model.add_argument("--meta_pattern_hidden_dim", type=int)
+    model.add_argument("--num_train_timesteps", type=int, help="diffusion steps tau (paper: 200)")
+    model.add_argument("--delay_window", type=int, help="V (default: 16 for 48-step days, 32 for 288)")
+    model.add_argument("--delay_stride", type=int, help="U (default: 3 for 48-step days, 9 for 288)")
+    model.add_argument("--train_embeddings", action="store_true", help="fine-tune the TuckER embeddings")
+    model.add_argument("--meta_pattern_weight", type=float, default=1.0, help="weight of the f-regression term")
+    ablation = parser.add_argument_group("ablations (paper Table 3)")
+    for name, text in (
+        ("no_geometry_moe", "w/o Geometry-MoE"),
+        ("no_euclidean", "w/o E expert"),
+        ("no_hyperbolic", "w/o H expert"),
+        ("no_spherical", "w/o S expert"),
+        ("no_meta_pattern", "w/o meta pattern"),
+        ("no_guidance", "unconditional"),
+    ):
+        ablation.add_argument(f"--{name}", action="store_true", help=text)
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", required=False, type=Path, help="where the pipeline and checkpoints go")
+    train.add_argument("--overwrite_output_dir", action="store_true", help="replace a pipeline already there")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--train_batch_size", type=int, default=64, help="per process")
+    train.add_argument("--max_train_steps", type=int, default=2000, help="optimiser steps")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--learning_rate", type=float, default=5e-4)
+    train.add_argument("--lr_scheduler", default="cosine", help="diffusers get_scheduler name")
+    train.add_argument("--lr_warmup_steps", type=int, default=100)
+    train.add_argument("--adam_weight_decay", type=float, default=1e-4)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
+    train.add_argument("--ema_decay", type=float, default=0.999, help="EMA max decay (0 disables EMA)")
+    train.add_argument("--checkpointing_steps", type=int, default=500)
+    train.add_argument("--checkpoints_total_limit", type=int, help="keep at most this many checkpoints")
+    train.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
+    train.add_argument("--dataloader_num_workers", type=int, default=0)
+    val = parser.add_argument_group("validation and output")
+    val.add_argument("--validation_steps", type=int, default=500, help="validate on test nodes every N steps")
+    val.add_argument("--validation_sampler", default="ddim", help="ddpm | ddim | dpm++ | unipc")
+    val.add_argument("--validation_inference_steps", type=int, default=20)
+    val.add_argument("--validation_max_days", type=int, default=8, help="real days per test node in validation")
+    val.add_argument("--final_evaluation", action="store_true", help="full evaluation + report at the end")
+    val.add_argument("--final_sampler", default="ddim")
+    val.add_argument("--final_inference_steps", type=int, default=50)
+    val.add_argument("--report_to", default="tensorboard", help="accelerate tracker ('none' to disable)")
+    val.add_argument("--push_to_hub", action="store_true")
+    val.add_argument("--hub_model_id", help="user/name for --push_to_hub")
+    val.add_argument("--hub_private", action="store_true")
+
+    args, _ = parser.parse_known_args(argv)
+    defaults = dict(PRESETS[args.preset])
+    if args.config is not None:
+        if not args.config.is_file():
+            parser.error(f"--config {args.config} does not exist")
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            parser.error(f"--config {args.config}: unknown keys {unknown}")
+        defaults.update(loaded)
+        if "preset" in loaded:
+            defaults = {**PRESETS[loaded["preset"]], **loaded}
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    if args.dataset is None or args.output_dir is None:
+        parser.error("--dataset and --output_dir are required (on the command line or in --config)")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id user/name")
+    for name in (
+        "train_batch_size",
+        "max_train_steps",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "validation_steps",
+        "validation_inference_steps",
+    ):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not args.learning_rate > 0:
+        parser.error(f"--learning_rate must be > 0, got {args.learning_rate}")
+    return args
+
+
+def model_config(args: argparse.Namespace) -> KGDiffModelConfig:
+    overrides = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(KGDiffModelConfig)
+        if getattr(args, field.name, None) is not None
+    }
+    if isinstance(overrides.get("block_out_channels"), str):
+        overrides["block_out_channels"] = tuple(int(c) for c in overrides["block_out_channels"].split(","))
+    return KGDiffModelConfig(
+        **overrides,
+        use_geometry_moe=not args.no_geometry_moe,
+        use_euclidean=not args.no_euclidean,
+        use_hyperbolic=not args.no_hyperbolic,
+        use_spherical=not args.no_spherical,
+        use_meta_pattern=not args.no_meta_pattern,
+        use_guidance=not args.no_guidance,
+    )
+
+
+def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> PreparedDataset:
+    """The prepared dataset, building the synthetic city (in OUTPUT/data) or TuckER embeddings if needed."""
+    data_dir = args.output_dir / "data"
+    if args.dataset == "synthetic-city":
+        if accelerator.is_main_process and not (data_dir / "prepared.json").is_file():
+            data, kg = make_synthetic_city(num_nodes=args.synthetic_nodes, num_days=args.synthetic_days, seed=args.seed)
+            result = pretrain_tucker(kg, embedding_dim=args.embedding_dim, epochs=args.tucker_epochs, seed=args.seed)
+            logger.info(f"TuckER on the synthetic city: {json.dumps(result.metrics)}")
+            dataset = prepare_dataset(
+                data,
+                kg,
+                "synthetic-city",
+                entity_embeddings=result.entity_embeddings,
+                relation_embeddings=result.relation_embeddings,
+            )
+            dataset.save(data_dir)
+        accelerator.wait_for_everyone()
+        return PreparedDataset.load(data_dir)
+    if not Path(args.dataset, "prepared.json").is_file():
+        raise FileNotFoundError(
+            f"--dataset {args.dataset} is not a prepared dataset folder (no prepared.json); "
+            "make one with scripts/prepare_data.py or use --dataset synthetic-city"
+        )
+    dataset = PreparedDataset.load(args.dataset)
+    if dataset.entity_embeddings is None:
+        embeddings_file = args.output_dir / "kg_embeddings.safetensors"
+        if accelerator.is_main_process and not embeddings_file.is_file():
+            logger.info(f"{args.dataset} has no KG embeddings: pretraining TuckER (d={args.embedding_dim})")
+            result = pretrain_tucker(dataset.kg, embedding_dim=args.embedding_dim, epochs=args.tucker_epochs)
+            save_kg_embeddings(embeddings_file, result.entity_embeddings, result.relation_embeddings)
+        accelerator.wait_for_everyone()
+        from kgdiff_diffusers.kg.tucker import load_kg_embeddings
+
+        dataset.entity_embeddings, dataset.relation_embeddings = load_kg_embeddings(embeddings_file)
+    return dataset
+
+
+def check_output_dir(args: argparse.Namespace) -> None:
+    if args.resume_from_checkpoint or args.overwrite_output_dir:
+        return
+    if (args.output_dir / "model_index.json").is_file():
+        raise FileExistsError(
+            f"{args.output_dir} already holds a trained pipeline; pass --overwrite_output_dir to replace it, "
+            "--resume_from_checkpoint latest to continue, or choose another --output_dir"
+        )
+    if list(args.output_dir.glob(f"checkpoints/{CHECKPOINT_PREFIX}*")):
+        raise FileExistsError(
+            f"{args.output_dir}/checkpoints has checkpoints of an earlier run; pass --resume_from_checkpoint "
+            "latest to continue it or --overwrite_output_dir to start over"
+        )
+
+
+def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    found = [p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def resolve_checkpoint(args: argparse.Namespace, checkpoint_dir: Path) -> Path | None:
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(checkpoint_dir)
+        if not checkpoints:
+            logger.info(f"no checkpoint in {checkpoint_dir}: starting a new run")
+            return None
+        return checkpoints[-1]
+    path = Path(args.resume_from_checkpoint)
+    if not path.is_dir() or not path.name.startswith(CHECKPOINT_PREFIX):
+        raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a {CHECKPOINT_PREFIX}N folder")
+    return path
+
+
+def validate(pipe, dataset, args: argparse.Namespace, final: bool = False):
+    from kgdiff_diffusers.evaluation import evaluate_pipeline
+
+    return evaluate_pipeline(
+        pipe,
+        dataset,
+        num_inference_steps=args.final_inference_steps if final else args.validation_inference_steps,
+        sampler=args.final_sampler if final else args.validation_sampler,
+        seed=args.seed,
+        include_baselines=final,
+        max_days_per_node=None if final else args.validation_max_days,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(args)
+    checkpoint_dir = args.output_dir / "checkpoints"
+    report_to = None if args.report_to == "none" else args.report_to
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(args.output_dir), logging_dir=str(args.output_dir / "logs")
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Ablations leave some parameters unused (e.g. curvatures without the geometric experts).
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+
+    dataset = load_dataset(args, accelerator)
+    config = model_config(args)
+    pipe = build_pipeline(dataset, config)
+    pipe.set_progress_bar_config(disable=True)
+    days, node_rows = training_samples(dataset)
+    test_rows = set(dataset.test_rows.tolist())
+    assert not test_rows.intersection(node_rows.tolist()), "test nodes must never be trained on"
+    logger.info(
+        f"{dataset.name}: {len(days)} training days from {len(dataset.train_node_ids)} train nodes; "
+        f"{len(dataset.test_node_ids)} test nodes held out; images {pipe.delay_embedding.image_size}^2"
+    )
+    if accelerator.is_main_process:
+        (args.output_dir / "training_config.json").write_text(
+            json.dumps(
+                {
+                    **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "model": dataclasses.asdict(config),
+                    "dataset_name": dataset.name,
+                    "train_node_ids": dataset.train_node_ids,
+                    "test_node_ids": dataset.test_node_ids,
+                },
+                indent=2,
+            )
+        )
+
+    unet, encoder, meta_pattern = pipe.unet, pipe.condition_encoder, pipe.meta_pattern
+    modules = [m for m in (unet, encoder, meta_pattern) if m is not None]
+    trainable = [p for m in modules for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(days, node_rows),
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        drop_last=len(days) >= args.train_batch_size,
+        num_workers=args.dataloader_num_workers,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    prepared = accelerator.prepare(*modules, optimizer, loader, lr_scheduler)
+    modules, (optimizer, loader, lr_scheduler) = list(prepared[: len(modules)]), prepared[len(modules) :]
+    unet, encoder = modules[0], modules[1]
+    meta_pattern = modules[2] if meta_pattern is not None else None
+    ema = None
+    if args.ema_decay > 0:
+        ema = EMAModel(trainable, decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
+        accelerator.register_for_checkpointing(ema)
+
+    noise_generator = torch.Generator(device=accelerator.device).manual_seed(args.seed + accelerator.process_index)
+    accelerator.register_for_checkpointing(GeneratorState(noise_generator))
+
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    checkpoint = resolve_checkpoint(args, checkpoint_dir)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        global_step = int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
+        first_epoch = global_step // steps_per_epoch
+        skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+        logger.info(f"resumed from {checkpoint} at step {global_step}")
+    if accelerator.is_main_process and report_to:
+        accelerator.init_trackers(
+            "kgdiff", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        )
+
+    progress = tqdm(
+        range(args.max_train_steps), initial=global_step, desc="training", disable=not accelerator.is_local_main_process
+    )
+    epoch = first_epoch
+    while global_step < args.max_train_steps:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+        skip_batches = 0
+        for batch_days, batch_rows in batches:
+            with accelerator.accumulate(*modules):
+                out = kgdiff_loss(
+                    unet,
+                    encoder,
+                    meta_pattern,
+                    pipe.scheduler,
+                    pipe.delay_embedding,
+                    batch_days,
+                    batch_rows,
+                    meta_pattern_weight=args.meta_pattern_weight,
+                    generator=noise_generator,
+                )
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            if ema is not None:
+                ema.step(trainable)
+            global_step += 1
+            progress.update(1)
+            logs = {
+                "loss": out.loss.detach().item(),
+                "noise_loss": out.noise_loss.detach().item(),
+                "meta_pattern_loss": out.meta_pattern_loss.detach().item(),
+                "lr": lr_scheduler.get_last_lr()[0],
+            }
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+                save_checkpoint(accelerator, args, checkpoint_dir, global_step)
+            if global_step % args.validation_steps == 0 and global_step < args.max_train_steps:
+                run_validation(accelerator, pipe, dataset, args, ema, trainable, global_step)
+            if global_step >= args.max_train_steps:
+                break
+        epoch += 1
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(trainable)
+        for name, module in zip(("unet", "condition_encoder", "meta_pattern"), modules):
+            setattr(pipe, name, accelerator.unwrap_model(module))
+        pipe.save_pretrained(args.output_dir)
+        logger.info(f"saved the pipeline (EMA weights) to {args.output_dir}")
+        if args.final_evaluation:
+            from kgdiff_diffusers.evaluation import write_report
+
+            result = validate(pipe, dataset, args, final=True)
+            write_report(result, args.output_dir, dataset.interval_minutes, list(dataset.feature_names))
+            logger.info(f"final evaluation written to {args.output_dir / 'report.md'}")
+        if args.push_to_hub:
+            from kgdiff_diffusers.hub import push_pipeline
+
+            push_pipeline(args.output_dir, args.hub_model_id, private=args.hub_private)
+    accelerator.end_training()
+
+
+def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, checkpoint_dir: Path, step: int) -> None:
+    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+        existing = list_checkpoints(checkpoint_dir)
+        for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"))
+
+
+def run_validation(accelerator, pipe, dataset, args, ema, trainable, step: int) -> None:
+    """Validation metrics on the test nodes with the EMA weights (main process only)."""
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.store(trainable)
+            ema.copy_to(trainable)
+        result = validate(pipe, dataset, args)
+        if ema is not None:
+            ema.restore(trainable)
+        metrics = result.metrics["methods"]["KGDiff"]
+        accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=step)
+        logger.info(f"step {step} validation on test nodes: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

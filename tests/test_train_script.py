@@ -1,0 +1,130 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kgdiff_diffusers import KGDiffPipeline
+from kgdiff_diffusers.data.prepared import PreparedDataset
+from kgdiff_diffusers.training import training_samples
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--dataset",
+    "synthetic-city",
+    "--synthetic_nodes",
+    "12",
+    "--synthetic_days",
+    "8",
+    "--embedding_dim",
+    "16",
+    "--tucker_epochs",
+    "3",
+    "--condition_dim",
+    "16",
+    "--block_out_channels",
+    "16,32",
+    "--norm_num_groups",
+    "8",
+    "--meta_pattern_hidden_dim",
+    "32",
+    "--num_train_timesteps",
+    "50",
+    "--train_batch_size",
+    "16",
+    "--max_train_steps",
+    "6",
+    "--checkpointing_steps",
+    "3",
+    "--validation_steps",
+    "1000",
+    "--report_to",
+    "none",
+]
+
+
+def launch(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "scripts" / "train.py"),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("train") / "run"
+    launch(*TINY, "--output_dir", str(output))
+    return output
+
+
+def test_training_writes_a_loadable_pipeline_and_its_config(trained_run):
+    assert (trained_run / "model_index.json").is_file()
+    pipe = KGDiffPipeline.from_pretrained(trained_run)
+    pipe.set_progress_bar_config(disable=True)
+    config = json.loads((trained_run / "training_config.json").read_text())
+    assert config["model"]["condition_dim"] == 16 and config["max_train_steps"] == 6
+    test_ids = config["test_node_ids"]
+    assert test_ids and not set(test_ids) & set(config["train_node_ids"])
+    out = pipe(node_ids=test_ids[:2], num_samples=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+    assert out.series.shape == (2, 2, 48, 1) and torch.isfinite(torch.from_numpy(out.series)).all()
+    assert [p.name for p in sorted((trained_run / "checkpoints").iterdir())] == ["checkpoint-3", "checkpoint-6"]
+
+
+def test_resume_continues_exactly_where_the_run_stopped(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    reference = load_file(run / "checkpoints" / "checkpoint-6" / "model.safetensors")
+    reference_ema = (run / "checkpoints" / "checkpoint-6" / "custom_checkpoint_0.pkl").read_bytes()
+    shutil.rmtree(run / "checkpoints" / "checkpoint-6")
+    (run / "model_index.json").unlink()
+    result = launch(*TINY, "--output_dir", str(run), "--resume_from_checkpoint", "latest")
+    assert "resumed from" in result.stderr + result.stdout and "at step 3" in result.stderr + result.stdout
+    resumed = load_file(run / "checkpoints" / "checkpoint-6" / "model.safetensors")
+    assert reference.keys() == resumed.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(resumed[name], tensor), name  # same data order, noise, optimiser and LR schedule
+    assert (run / "checkpoints" / "checkpoint-6" / "custom_checkpoint_0.pkl").read_bytes() == reference_ema
+    assert (run / "model_index.json").is_file()
+
+
+def test_test_nodes_never_reach_the_training_samples(trained_run):
+    dataset = PreparedDataset.load(trained_run / "data")
+    days, rows = training_samples(dataset)
+    assert set(rows.tolist()) <= set(dataset.train_rows.tolist())
+    assert not set(rows.tolist()) & set(dataset.test_rows.tolist())
+    assert len(days) == int(dataset.day_mask[dataset.train_rows].sum())
+
+
+def test_existing_output_and_bad_configs_fail_fast(trained_run, tmp_path):
+    result = launch(*TINY, "--output_dir", str(trained_run), check=False)
+    assert result.returncode != 0 and "already holds a trained pipeline" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rat: 0.1\n")
+    result = launch(
+        "--config", str(bad), "--dataset", "synthetic-city", "--output_dir", str(tmp_path / "x"), check=False
+    )
+    assert result.returncode != 0 and "unknown keys ['learning_rat']" in result.stderr
+    result = launch("--dataset", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "y"), check=False)
+    assert result.returncode != 0 and "not a prepared dataset folder" in result.stderr
