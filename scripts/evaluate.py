@@ -38,13 +38,15 @@ logger = logging.getLogger("evaluate")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, required=True, help="a KGDiffPipeline.save_pretrained folder")
-    parser.add_argument("--data", type=Path, required=True, help="the prepared dataset folder it was trained on")
-    parser.add_argument("--output_dir", type=Path, required=True, help="folder for the report, metrics, pictures")
+    parser.add_argument("--data", type=Path, required=True, help="the prepared dataset it was trained on")
+    parser.add_argument("--output_dir", type=Path, required=True, help="folder for report, metrics, pictures")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps per sample")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="ddpm = the paper's shifted DDPM")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise, baseline draws and day subsets")
+    parser.add_argument("--seed", type=int, default=0, help="noise, baseline and day-subset seed")
     parser.add_argument("--save_samples", type=Path, default=None,
                         help="also write node_ids, generated, real, real_mask (data units) to this .npz")
     parser.add_argument("--max_days_per_node", type=int, default=None,
