@@ -1,0 +1,204 @@
+"""kgdiff_diffusers.evaluation and scripts/evaluate.py on a tiny synthetic city with an untrained pipeline."""
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
+from kgdiff_diffusers.data.synthetic import make_synthetic_city
+from kgdiff_diffusers.evaluation import (
+    MODEL_NAME,
+    check_pipeline_matches,
+    evaluate_pipeline,
+    generate_for_nodes,
+    markdown_table,
+    new_node_neighbors,
+)
+from kgdiff_diffusers.kg.tucker import pretrain_tucker
+from kgdiff_diffusers.metrics import evaluate_nodes
+from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINES = {"global_mean_profile", "random_training_days"} | {
+    f"knn{k}_{kind}" for k in (1, 3, 5) for kind in ("profile", "days")
+}
+METRICS = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "jsd")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def build_tiny_folders(folder: Path) -> tuple[PreparedDataset, Path, Path]:
+    """A 16-sensor, 10-day synthetic city (8 weekdays, 4 test nodes) and an untrained small pipeline, saved."""
+    data, kg = make_synthetic_city(num_nodes=16, num_days=10, seed=0)
+    tucker = pretrain_tucker(kg, embedding_dim=16, epochs=2, show_progress=False)
+    dataset = prepare_dataset(data, kg, "tiny_city", entity_embeddings=tucker.entity_embeddings,
+                              relation_embeddings=tucker.relation_embeddings)
+    # one test node loses days, so nodes have different numbers of real days
+    dataset.day_mask[dataset.test_rows[1], :3] = False
+    dataset.days[dataset.test_rows[1], :3] = 0.0
+    pipe = build_pipeline(dataset, KGDiffModelConfig(
+        condition_dim=16, block_out_channels=(16, 32), norm_num_groups=8, num_train_timesteps=20,
+        meta_pattern_hidden_dim=32,
+    ))
+    data_dir, model_dir = folder / "data", folder / "model"
+    dataset.save(data_dir)
+    pipe.save_pretrained(model_dir)
+    return dataset, data_dir, model_dir
+
+
+def load_script(name: str):
+    """Imports ``scripts/<name>.py`` as a module (for in-process calls of its functions)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    dataset, data_dir, model_dir = build_tiny_folders(tmp_path_factory.mktemp("tiny"))
+    from kgdiff_diffusers import KGDiffPipeline
+
+    pipe = KGDiffPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return dataset, pipe, data_dir, model_dir
+
+
+def test_evaluate_script_writes_metrics_samples_report_and_pictures(tiny, tmp_path):
+    dataset, _, data_dir, model_dir = tiny
+    out, samples = tmp_path / "eval", tmp_path / "eval" / "samples.npz"
+    result = run_script("scripts/evaluate.py", "--model", str(model_dir), "--data", str(data_dir),
+                        "--output_dir", str(out), "--num_inference_steps", "3", "--sampler", "ddim",
+                        "--save_samples", str(samples))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(f"| {method} |" in result.stdout for method in BASELINES | {MODEL_NAME})
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    test_rows = dataset.test_rows
+    assert metrics["dataset"] == "tiny_city" and metrics["split"] == "test"
+    assert metrics["test_node_ids"] == dataset.test_node_ids and metrics["num_test_nodes"] == len(test_rows) == 4
+    assert (metrics["sampler"], metrics["num_inference_steps"]) == ("ddim", 3)
+    assert "mmd_bandwidth" in metrics and metrics["jsd_bins"] == 50
+    assert set(metrics["methods"]) == BASELINES | {MODEL_NAME}
+    for scores in metrics["methods"].values():
+        assert all(isinstance(scores[name], float) and math.isfinite(scores[name]) for name in METRICS)
+        assert 0.0 <= scores["jsd"] <= math.log(2) and 0.0 <= scores["mmd"] <= 10.0
+        assert scores["rmse"] >= scores["mae"] > 0.0
+
+    # the global-mean baseline's MAE, computed here from the dataset alone
+    train_days = dataset.days[dataset.train_rows][dataset.day_mask[dataset.train_rows]]
+    profile = train_days.astype(np.float64).mean(axis=0)
+    expected = np.mean([
+        np.abs(dataset.days[row][dataset.day_mask[row]].astype(np.float64).mean(axis=0) - profile).mean()
+        for row in test_rows
+    ])
+    assert metrics["methods"]["global_mean_profile"]["mae"] == pytest.approx(expected, rel=1e-6)
+
+    with np.load(samples) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    assert arrays["node_ids"].tolist() == dataset.test_node_ids
+    np.testing.assert_array_equal(arrays["real"], dataset.days[test_rows])
+    np.testing.assert_array_equal(arrays["real_mask"], dataset.day_mask[test_rows])
+    counts = dataset.day_mask[test_rows].sum(axis=1)
+    assert counts.tolist() == [8, 5, 8, 8]
+    assert arrays["generated"].shape == (4, 8, 48, 1) and np.isfinite(arrays["generated"]).all()
+    np.testing.assert_array_equal(arrays["generated_mask"].sum(axis=1), counts)
+    # anyone can recompute the model's metrics from the samples file
+    recomputed = evaluate_nodes(arrays["generated"], arrays["real"], arrays["real_mask"],
+                                arrays["generated_mask"], jsd_range=metrics["jsd_range"])
+    for name in METRICS:
+        assert recomputed[name] == pytest.approx(metrics["methods"][MODEL_NAME][name], rel=1e-9)
+
+    report = (out / "report.md").read_text()
+    assert "| method | MAE | RMSE | MMD | MMD-fixed | JSD |" in report
+    assert all(f"| {method} |" in report for method in BASELINES | {MODEL_NAME})
+    assert "`ddim` with 3 inference steps" in report and "bw0" in report
+    assert all(f"`{node_id}`" in report for node_id in dataset.test_node_ids)
+    for picture in ("daily_profiles.png", "value_kde.png", "tsne.png"):
+        content = (out / picture).read_bytes()
+        assert content.startswith(PNG_MAGIC) and len(content) > 10_000
+
+    evaluate = load_script("evaluate")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        evaluate.main(["--model", str(model_dir), "--data", str(data_dir), "--output_dir", str(out)])
+
+
+def test_generate_for_nodes_masks_counts_and_is_seeded(tiny):
+    dataset, pipe, _, _ = tiny
+    node_ids = dataset.test_node_ids[:3]
+    scheduler = pipe.scheduler
+    generated, mask = generate_for_nodes(pipe, node_ids, [2, 3, 1], num_inference_steps=3, sampler="dpm++")
+    assert pipe.scheduler is scheduler
+    assert generated.shape == (3, 3, 48, 1) and generated.dtype == np.float32
+    np.testing.assert_array_equal(mask, [[True, True, False], [True, True, True], [True, False, False]])
+    again, _ = generate_for_nodes(pipe, node_ids, [2, 3, 1], num_inference_steps=3, sampler="dpm++")
+    np.testing.assert_array_equal(generated, again)
+    other, _ = generate_for_nodes(pipe, node_ids, [2, 3, 1], num_inference_steps=3, sampler="dpm++", seed=1)
+    assert not np.allclose(generated, other)
+    with pytest.raises(ValueError, match="num_samples"):
+        generate_for_nodes(pipe, node_ids, [2, 0, 1], num_inference_steps=3)
+
+
+def test_evaluate_pipeline_caps_days_per_node(tiny):
+    dataset, pipe, _, _ = tiny
+    result = evaluate_pipeline(pipe, dataset, num_inference_steps=2, include_baselines=False,
+                               max_days_per_node=3, seed=5)
+    valid = dataset.day_mask[dataset.test_rows]
+    assert result.real_mask.sum(axis=1).tolist() == [3, 3, 3, 3]
+    assert not (result.real_mask & ~valid).any()
+    assert result.generated.shape == (4, 3, 48, 1) and result.generated_mask.all()
+    assert set(result.metrics["methods"]) == {MODEL_NAME} and result.metrics["num_real_days"] == 12
+    again = evaluate_pipeline(pipe, dataset, num_inference_steps=2, include_baselines=False,
+                              max_days_per_node=3, seed=5)
+    np.testing.assert_array_equal(result.real_mask, again.real_mask)
+    assert result.metrics == again.metrics
+
+
+def test_pipeline_dataset_mismatch_is_a_clear_error(tiny):
+    dataset, pipe, _, _ = tiny
+    renamed = dataset.node_table.copy()
+    renamed.loc[dataset.test_rows[0], "node_id"] = "elsewhere"
+    with pytest.raises(ValueError, match="does not know 1 test node.*elsewhere"):
+        check_pipeline_matches(pipe, dataclasses.replace(dataset, node_table=renamed))
+    with pytest.raises(ValueError, match="feature names differ"):
+        check_pipeline_matches(pipe, dataclasses.replace(dataset, feature_names=["speed"]))
+
+
+def test_markdown_table_marks_the_best_value_per_column():
+    metrics = {"methods": {
+        "KGDiff": {"mae": 1.0, "rmse": 2.0, "mmd": 0.5, "mmd_fixed_bandwidth": None, "jsd": 0.1},
+        "knn3_days": {"mae": 1.5, "rmse": 1.9, "mmd": 0.25, "mmd_fixed_bandwidth": None, "jsd": 0.2},
+    }}
+    lines = markdown_table(metrics).splitlines()
+    assert lines[0].startswith("| method | MAE | RMSE | MMD | MMD-fixed | JSD |")
+    assert lines[2] == ("| KGDiff | **1.000** | 2.000 | 0.5000 | n/a | **0.1000** | "
+                        "this pipeline, conditioned on the node's KG neighbourhood |")
+    assert lines[3] == ("| knn3_days | 1.500 | **1.900** | **0.2500** | n/a | 0.2000 | "
+                        "random days of the k=3 nearest training nodes |")
+
+
+def test_new_node_neighbors_reads_both_directions_and_drops_unknown_names():
+    triples = [
+        ("Sensor/new", "SNS_1km", "Sensor/a"),
+        ("Sensor/a", "SNS_1km", "Sensor/new"),
+        ("Sensor/new", "SLA", "Area/cell_new"),
+        ("POI/p", "PLA", "Area/cell_new"),
+        ("Sensor/new", "SNS_1km", "Sensor/a"),
+    ]
+    kept, dropped = new_node_neighbors(
+        "Sensor/new", triples, ["Sensor/a", "Area/1"], ["SNS_1km", "SLA", "SNS_1km_inv", "SLA_inv"]
+    )
+    assert kept == [("SNS_1km", "Sensor/a"), ("SNS_1km_inv", "Sensor/a")]
+    assert dropped == [("SLA", "Area/cell_new")]
