@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: synthetic city -> urban KG -> TuckER -> KGDiff training -> evaluation on unseen nodes.
+# It (re)writes demo_output/.
+DEMO_ARGS ?= --max_train_steps 1500 --checkpointing_steps 500 --validation_steps 500
+
 demo: $(STAMP)
-	$(PY) scripts/demo.py --output_dir demo_output
+	$(VENV)/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no \
+		--dynamo_backend no scripts/train.py --dataset synthetic-city --preset cpu-small \
+		--output_dir demo_output --overwrite_output_dir --final_evaluation $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -226,7 +226,12 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
 
 
 def check_output_dir(args: argparse.Namespace) -> None:
-    if args.resume_from_checkpoint or args.overwrite_output_dir:
+    if args.resume_from_checkpoint:
+        return
+    if args.overwrite_output_dir:
+        if (args.output_dir / "checkpoints").is_dir():
+            logger.warning(f"--overwrite_output_dir: removing the earlier run's {args.output_dir / 'checkpoints'}")
+            shutil.rmtree(args.output_dir / "checkpoints")
         return
     if (args.output_dir / "model_index.json").is_file():
         raise FileExistsError(
@@ -277,7 +282,6 @@ def validate(pipe, dataset, args: argparse.Namespace, final: bool = False):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    check_output_dir(args)
     checkpoint_dir = args.output_dir / "checkpoints"
     report_to = None if args.report_to == "none" else args.report_to
     accelerator = Accelerator(
@@ -292,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if accelerator.is_main_process:
+        check_output_dir(args)
+    accelerator.wait_for_everyone()
     set_seed(args.seed)
 
     dataset = load_dataset(args, accelerator)
@@ -422,11 +429,14 @@ def main(argv: list[str] | None = None) -> None:
         pipe.save_pretrained(args.output_dir)
         logger.info(f"saved the pipeline (EMA weights) to {args.output_dir}")
         if args.final_evaluation:
-            from kgdiff_diffusers.evaluation import write_report
+            from kgdiff_diffusers.evaluation import markdown_table, write_report
 
             result = validate(pipe, dataset, args, final=True)
             write_report(result, args.output_dir, dataset.interval_minutes, list(dataset.feature_names))
-            logger.info(f"final evaluation written to {args.output_dir / 'report.md'}")
+            logger.info(
+                f"final evaluation on the test nodes ({args.output_dir / 'report.md'}):\n"
+                + markdown_table(result.metrics)
+            )
         if args.push_to_hub:
             from kgdiff_diffusers.hub import push_pipeline
 
