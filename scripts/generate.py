@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, required=True, help="a KGDiffPipeline.save_pretrained folder")
     parser.add_argument("--node_ids", default=None, help="comma-separated ids of nodes the pipeline knows")
     parser.add_argument("--new_node", dest="new_nodes", action=NewNodeAction, default=[],
-                        metavar="NAME:LAT,LON", help="a new place at these degrees (repeatable); needs --data")
+                        metavar="NAME:LAT,LON", help="a new place (repeatable); needs --data")
     parser.add_argument("--poi", action=PoiAction, metavar="NAME:CATEGORY",
                         help="a POI at the preceding --new_node (repeatable)")
     parser.add_argument("--data", type=Path, default=None,

@@ -35,7 +35,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def build_tiny_folders(folder: Path) -> tuple[PreparedDataset, Path, Path]:
-    """A 16-sensor, 10-day synthetic city (8 weekdays, 4 test nodes) and an untrained small pipeline, saved."""
+    """A 16-sensor, 10-day synthetic city (8 weekdays, 4 test nodes) and an untrained small pipeline."""
     data, kg = make_synthetic_city(num_nodes=16, num_days=10, seed=0)
     tucker = pretrain_tucker(kg, embedding_dim=16, epochs=2, show_progress=False)
     dataset = prepare_dataset(data, kg, "tiny_city", entity_embeddings=tucker.entity_embeddings,
@@ -63,7 +63,9 @@ def load_script(name: str):
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,8 @@ def test_evaluate_script_writes_metrics_samples_report_and_pictures(tiny, tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     test_rows = dataset.test_rows
     assert metrics["dataset"] == "tiny_city" and metrics["split"] == "test"
-    assert metrics["test_node_ids"] == dataset.test_node_ids and metrics["num_test_nodes"] == len(test_rows) == 4
+    assert metrics["test_node_ids"] == dataset.test_node_ids
+    assert metrics["num_test_nodes"] == len(test_rows) == 4
     assert (metrics["sampler"], metrics["num_inference_steps"]) == ("ddim", 3)
     assert "mmd_bandwidth" in metrics and metrics["jsd_bins"] == 50
     assert set(metrics["methods"]) == BASELINES | {MODEL_NAME}

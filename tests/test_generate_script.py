@@ -1,0 +1,94 @@
+"""scripts/generate.py: known nodes and new places by coordinates, one process and two (accelerate launch)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from .test_evaluation import build_tiny_folders, load_script, run_script
+
+NUM_SAMPLES, STEPS = 3, 48
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_folders(tmp_path_factory.mktemp("tiny_generate"))
+
+
+@pytest.fixture(scope="module")
+def generate():
+    return load_script("generate")
+
+
+def generate_args(dataset, data_dir, model_dir, output) -> list[str]:
+    """Two known nodes and one planned sensor 300 m north of the first one."""
+    known = dataset.node_ids[:2]
+    lat, lon = dataset.node_table.loc[0, ["lat", "lon"]]
+    return [
+        "scripts/generate.py", "--model", str(model_dir), "--node_ids", ",".join(known),
+        "--new_node", f"planned:{lat + 0.0027},{lon}", "--poi", "school_x:school", "--data", str(data_dir),
+        "--num_samples", str(NUM_SAMPLES), "--num_inference_steps", "3", "--date", "2024-03-04",
+        "--output", str(output),
+    ]
+
+
+def test_generate_known_and_new_nodes_one_and_two_processes(tiny, tmp_path):
+    dataset, data_dir, model_dir = tiny
+    csv_path, npz_path = tmp_path / "days.csv", tmp_path / "days.npz"
+    single = run_script(*generate_args(dataset, data_dir, model_dir, csv_path))
+    assert single.returncode == 0, single.stderr[-3000:]
+    frame = pd.read_csv(csv_path, dtype={"node_id": str}, parse_dates=["timestamp"])
+    node_ids = [*dataset.node_ids[:2], "planned"]
+    assert frame.columns.tolist() == ["node_id", "sample", "timestamp", "flow"]
+    assert len(frame) == len(node_ids) * NUM_SAMPLES * STEPS
+    assert frame["node_id"].unique().tolist() == node_ids
+    day = pd.date_range("2024-03-04", periods=STEPS, freq="30min")
+    for (_, sample), rows in frame.groupby(["node_id", "sample"], sort=False):
+        assert sample in range(NUM_SAMPLES)
+        assert rows["timestamp"].tolist() == day.tolist()
+    assert np.isfinite(frame["flow"]).all()
+    assert (tmp_path / "days.png").read_bytes().startswith(b"\x89PNG")
+
+    # two processes share the nodes (2 + 1) and give the same days: the noise is seeded per (node, sample)
+    launch = ["-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu"]
+    double = run_script(*launch, *generate_args(dataset, data_dir, model_dir, npz_path))
+    assert double.returncode == 0, double.stderr[-3000:]
+    with np.load(npz_path) as npz:
+        assert npz["node_ids"].tolist() == node_ids
+        assert npz["timestamps"][[0, -1]].tolist() == ["2024-03-04T00:00:00", "2024-03-04T23:30:00"]
+        series = npz["series"]
+    assert series.shape == (3, NUM_SAMPLES, STEPS, 1)
+    np.testing.assert_allclose(series.reshape(-1), frame["flow"].to_numpy(), rtol=1e-6)
+
+
+def test_new_place_is_linked_to_its_nearest_sensor(tiny, generate):
+    dataset, data_dir, model_dir = tiny
+    from kgdiff_diffusers import KGDiffPipeline
+
+    pipe = KGDiffPipeline.from_pretrained(model_dir)
+    args = generate.parse_args(generate_args(dataset, data_dir, model_dir, "unused.csv")[1:])
+    assert args.new_nodes[0]["pois"] == [("school_x", "school")]
+    conditions = generate.new_node_conditions(args, pipe)
+    pairs = conditions["planned"]
+    nearest = dataset.node_table.loc[0, "entity"]
+    assert ("SNS_1km", nearest) in pairs and ("SNS_1km_inv", nearest) in pairs
+    assert all(relation in pipe.config.relation_names and entity in pipe.config.entity_names
+               for relation, entity in pairs)
+    with pytest.raises(ValueError, match="already a node id"):
+        args.new_nodes[0]["name"] = dataset.node_ids[3]
+        generate.new_node_conditions(args, pipe)
+
+
+def test_generate_rejects_unknown_ids_and_bad_arguments(tiny, generate, tmp_path):
+    _, data_dir, model_dir = tiny
+    output = str(tmp_path / "x.csv")
+    with pytest.raises(ValueError, match=r"unknown node ids \['nowhere'\]"):
+        generate.main(["--model", str(model_dir), "--node_ids", "00,nowhere", "--output", output])
+    for bad in (
+        ["--new_node", "p:37.5,-121.0"],  # no --data
+        ["--poi", "a:school", "--new_node", "p:37.5,-121.0", "--data", str(data_dir)],  # POI before its node
+        ["--new_node", "p:37.5", "--data", str(data_dir)],  # no longitude
+        ["--node_ids", "00", "--output", str(tmp_path / "x.txt")],  # unknown format
+    ):
+        with pytest.raises(SystemExit):
+            generate.parse_args(["--model", str(model_dir), "--output", output, *bad])
