@@ -78,6 +78,7 @@ def tiny(tmp_path_factory):
     return dataset, pipe, data_dir, model_dir
 
 
+@pytest.mark.slow
 def test_evaluate_script_writes_metrics_samples_report_and_pictures(tiny, tmp_path):
     dataset, _, data_dir, model_dir = tiny
     out, samples = tmp_path / "eval", tmp_path / "eval" / "samples.npz"
