@@ -184,6 +184,7 @@ def test_markdown_table_marks_the_best_value_per_column():
     metrics = {"methods": {
         "KGDiff": {"mae": 1.0, "rmse": 2.0, "mmd": 0.5, "mmd_fixed_bandwidth": None, "jsd": 0.1},
         "knn3_days": {"mae": 1.5, "rmse": 1.9, "mmd": 0.25, "mmd_fixed_bandwidth": None, "jsd": 0.2},
+        "knn5_days": {"mae": 1.0001, "rmse": 2.5, "mmd": 0.3, "mmd_fixed_bandwidth": None, "jsd": 0.3},
     }}
     lines = markdown_table(metrics).splitlines()
     assert lines[0].startswith("| method | MAE | RMSE | MMD | MMD-fixed | JSD |")
@@ -191,6 +192,7 @@ def test_markdown_table_marks_the_best_value_per_column():
                         "this pipeline, conditioned on the node's KG neighbourhood |")
     assert lines[3] == ("| knn3_days | 1.500 | **1.900** | **0.2500** | n/a | 0.2000 | "
                         "random days of the k=3 nearest training nodes |")
+    assert lines[4].startswith("| knn5_days | **1.000** | 2.500 |")  # equal when rounded: bold as well
 
 
 def test_new_node_neighbors_reads_both_directions_and_drops_unknown_names():

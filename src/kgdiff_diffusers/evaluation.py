@@ -265,10 +265,18 @@ def _describe(method: str) -> str:
     return METHOD_DESCRIPTIONS.get(method, "")
 
 
+def _format_metric(name: str, value: float | None) -> str:
+    """3 decimals for MAE/RMSE (data units), 4 for MMD/JSD; ``n/a`` when undefined."""
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if name in ("mae", "rmse") else f"{value:.4f}"
+
+
 def markdown_table(metrics: dict) -> str:
     """A Markdown table of every method in ``metrics["methods"]`` (rows) by MAE/RMSE/MMD/MMD-fixed/JSD.
 
-    The best (lowest) value of each column is bold; an undefined value is shown as ``n/a``.
+    The best (lowest) value of each column is bold, and so is every value that rounds to the same text; an
+    undefined value is shown as ``n/a``.
 
     Args:
         metrics: a ``metrics.json`` dict (see :func:`evaluate_pipeline`).
@@ -280,7 +288,7 @@ def markdown_table(metrics: dict) -> str:
     best = {}
     for name in METRIC_NAMES:
         values = [scores[name] for scores in methods.values() if scores.get(name) is not None]
-        best[name] = min(values) if values else None
+        best[name] = _format_metric(name, min(values)) if values else None
     lines = [
         "| method | " + " | ".join(METRIC_LABELS[name] for name in METRIC_NAMES) + " | description |",
         "|---|" + "---:|" * len(METRIC_NAMES) + "---|",
@@ -288,9 +296,8 @@ def markdown_table(metrics: dict) -> str:
     for method, scores in methods.items():
         cells = []
         for name in METRIC_NAMES:
-            value = scores.get(name)
-            text = "n/a" if value is None else f"{value:.3f}" if name in ("mae", "rmse") else f"{value:.4f}"
-            cells.append(f"**{text}**" if value is not None and value == best[name] else text)
+            text = _format_metric(name, scores.get(name))
+            cells.append(f"**{text}**" if text == best[name] else text)
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {_describe(method)} |")
     return "\n".join(lines) + "\n"
 
