@@ -153,6 +153,8 @@ def test_generate_for_nodes_masks_counts_and_is_seeded(tiny):
     assert not np.allclose(generated, other)
     with pytest.raises(ValueError, match="num_samples"):
         generate_for_nodes(pipe, node_ids, [2, 0, 1], num_inference_steps=3)
+    with pytest.raises(ValueError, match="one per node"):
+        generate_for_nodes(pipe, node_ids, [2, 1], num_inference_steps=3)
 
 
 def test_evaluate_pipeline_caps_days_per_node(tiny):

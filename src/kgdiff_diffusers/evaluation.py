@@ -132,7 +132,10 @@ def generate_for_nodes(
         ``(generated, mask)``: ``(N, S_max, T, D)`` float32 in data units and ``(N, S_max)`` bool.
     """
     node_ids = [str(node_id) for node_id in node_ids]
-    counts = np.broadcast_to(np.asarray(num_samples), (len(node_ids),)).astype(np.int64)
+    counts = np.asarray(num_samples, dtype=np.int64)
+    if counts.ndim > 1 or counts.size not in (1, len(node_ids)):
+        raise ValueError(f"num_samples: one int or one per node ({len(node_ids)}); got {num_samples}")
+    counts = np.broadcast_to(counts, (len(node_ids),))
     if len(node_ids) == 0 or counts.min() < 1:
         raise ValueError(f"need >= 1 node and num_samples >= 1 per node; got {len(node_ids)} nodes, "
                          f"num_samples {num_samples}")
