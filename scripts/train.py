@@ -79,10 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="named model settings")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", help="prepared dataset folder (scripts/prepare_data.py) or 'synthetic-city'")
-    data.add_argument("--synthetic_nodes", type=int, default=40, help="synthetic-city: sensors")
+    data.add_argument("--synthetic_nodes", type=int, default=120, help="synthetic-city: sensors")
     data.add_argument("--synthetic_days", type=int, default=30, help="synthetic-city: calendar days")
     data.add_argument("--embedding_dim", type=int, default=128, help="TuckER d when embeddings must be pretrained")
-    data.add_argument("--tucker_epochs", type=int, default=30, help="TuckER epochs when embeddings are missing")
+    data.add_argument("--tucker_epochs", type=int, default=100, help="TuckER epochs when embeddings are missing")
     model = parser.add_argument_group("model (defaults: the preset)")
     model.add_argument("--condition_dim", type=int, help="size of phi (paper: 128)")
     model.add_argument("--block_out_channels", help="UNet channels per resolution, e.g. 64,128,128")
@@ -92,7 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--num_train_timesteps", type=int, help="diffusion steps tau (paper: 200)")
     model.add_argument("--delay_window", type=int, help="V (default: 16 for 48-step days, 32 for 288)")
     model.add_argument("--delay_stride", type=int, help="U (default: 3 for 48-step days, 9 for 288)")
-    model.add_argument("--train_embeddings", action="store_true", help="fine-tune the TuckER embeddings")
+    model.add_argument(
+        "--freeze_embeddings", action="store_true", help="keep the TuckER embeddings fixed (default: fine-tune them)"
+    )
     model.add_argument("--meta_pattern_weight", type=float, default=1.0, help="weight of the f-regression term")
     ablation = parser.add_argument_group("ablations (paper Table 3)")
     for name, text in (
@@ -179,6 +181,7 @@ def model_config(args: argparse.Namespace) -> KGDiffModelConfig:
         overrides["block_out_channels"] = tuple(int(c) for c in overrides["block_out_channels"].split(","))
     return KGDiffModelConfig(
         **overrides,
+        train_embeddings=not args.freeze_embeddings,
         use_geometry_moe=not args.no_geometry_moe,
         use_euclidean=not args.no_euclidean,
         use_hyperbolic=not args.no_hyperbolic,

@@ -39,7 +39,7 @@ def test_experts_follow_eq_14_with_geoopt_math():
 
     encoder = random_encoder(use_hyperbolic=False, use_spherical=False)
     r, t = encoder.relation_embeddings[:2], encoder.entity_embeddings[:2]
-    expected = encoder.mixture(r * t)
+    expected = encoder.mixture(encoder.message_norm(r * t))
     torch.testing.assert_close(encoder.edge_messages(torch.arange(2), torch.arange(2)), expected)
 
     encoder = random_encoder(use_euclidean=False, use_spherical=False)
@@ -48,7 +48,9 @@ def test_experts_follow_eq_14_with_geoopt_math():
         encoder.relation_embeddings[:2] = r
         encoder.entity_embeddings[:2] = t
     k = torch.tensor(-1.0)
-    expected = encoder.mixture(sm.logmap0(sm.mobius_pointwise_mul(r, sm.expmap0(t, k=k), k=k), k=k))
+    expected = encoder.mixture(
+        encoder.message_norm(sm.logmap0(sm.mobius_pointwise_mul(r, sm.expmap0(t, k=k), k=k), k=k))
+    )
     torch.testing.assert_close(encoder.edge_messages(torch.arange(2), torch.arange(2)), expected)
 
 

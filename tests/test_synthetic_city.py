@@ -141,3 +141,19 @@ def test_bad_arguments():
         make_synthetic_city(num_nodes=1)
     with pytest.raises(ValueError, match="dominance"):
         make_synthetic_city(dominance=1.5)
+
+
+def test_sensors_see_the_pois_of_their_area_in_one_hop(city):
+    data, kg = city
+    table = data.node_table
+    entity = table["entity"].iloc[0]
+    area = table["area"].iloc[0]
+    pla = kg.relation_id("PLA")
+    area_pois = {kg.entities[h] for h, r, t in kg.triples if r == pla and kg.entities[t] == area}
+    node_index, relation_id, neighbor_id = kg.neighbor_index([entity])
+    pns_inv = kg.relation_id("PNS") + kg.num_relations
+    seen = {kg.entities[n] for r, n in zip(relation_id, neighbor_id) if r == pns_inv}
+    assert area_pois and seen == area_pois
+    # a planned sensor in the same area is linked to the same POIs
+    triples = new_node_triples(kg, table, "Sensor/planned", table["lat"].iloc[0], table["lon"].iloc[0])
+    assert {h for h, r, t in triples if r == "PNS"} == area_pois

@@ -97,7 +97,7 @@ class KGDiffModelConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 32
     meta_pattern_hidden_dim: int = 256
-    train_embeddings: bool = False
+    train_embeddings: bool = True
     use_geometry_moe: bool = True
     use_euclidean: bool = True
     use_hyperbolic: bool = True

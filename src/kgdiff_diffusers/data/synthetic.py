@@ -8,6 +8,8 @@ dominant land use and POIs of the categories in :data:`POI_CATEGORIES`; roads of
 A sensor's ground-truth land-use mix ``w`` (``node_table`` columns ``weight_<category>``) is the POI
 category share of its own area plus ``neighbor_area_weight`` times that of the touching areas: exactly
 what its KG neighbourhood (``SLA`` -> area <- ``PLA`` POIs -> ``PHPC`` categories, ``ANA`` areas) shows.
+The POIs of a sensor's own area are also linked to it directly (``PNS``, POI near sensor), so the
+condition encoder, which reads one hop, sees them.
 Its flow is::
 
     flow[n, day, t] = capacity[n] * (w[n] @ profile[daytype(day)])[t] * day_factor[day]
@@ -128,7 +130,7 @@ def make_synthetic_city(
         ``borough``, ``road``, ``road_category``, ``capacity_veh_h``, ``dominant_category`` and the ground
         truth ``weight_<category>`` (rows sum to 1). ``kg`` holds the relations of
         :mod:`kgdiff_diffusers.kg.builders` (``SNS_*``, ``SLA``, ``ANA``, ``ALB``, ``PLA``, ``PHPC``, ``RLA``,
-        ``RHRC``, ``RNR``, ``SOR``).
+        ``RHRC``, ``RNR``, ``SOR``, ``PNS``).
     """
     _check_arguments(num_nodes, num_days, steps_per_day, area_size_m, sensors_per_area, dominance, noise)
     rng = np.random.default_rng(seed)
@@ -246,6 +248,14 @@ def make_synthetic_city(
         area_names, local_row, local_col, arterial_row, arterial_col, motorway_row, local_category
     )
     city += [(entity, "SOR", road) for entity, road in zip(node_table["entity"], sensor_road)]
+    pois_of_area = [[] for _ in area_names]
+    for poi, a in zip(poi_names, poi_area.tolist()):
+        pois_of_area[a].append(poi)
+    city += [
+        (poi, "PNS", entity)
+        for entity, a in zip(node_table["entity"], sensor_area.tolist())
+        for poi in pois_of_area[a]
+    ]
     kg = build_sensor_kg(node_table, cell_size_m=area_size_m).add_triples(city)
     return data, kg
 

@@ -227,6 +227,8 @@ def new_node_triples(
       for shared boundaries) and ``ALB`` to the borough(s) of the nearest one.
     - ``pois``: ``(poi_name, category)`` pairs become ``POI/<name>`` ``PLA`` the node's area and ``PHPC`` the
       category; a category already in ``kg`` (as ``POICategory/<c>`` or UUKG's ``PC/<c>``) is reused.
+    - ``PNS`` (POI near sensor), when ``kg`` uses it (the synthetic city does): a new sensor is linked to the
+      POIs located in its grid cell and to the given ``pois``, so its condition sees them directly.
 
     Args:
         kg: the existing graph.
@@ -270,6 +272,9 @@ def new_node_triples(
         triples.append((entity, "SLA", area))
         if not kg.has_entity(area):
             triples += _new_cell_adjacency(kg, row, col, cell_size_m)
+        elif "PNS" in kg.relations and "PLA" in kg.relations:
+            located = kg.triples[(kg.triples[:, 1] == kg.relation_id("PLA")) & (kg.triples[:, 2] == kg.entity_id(area))]
+            triples += [(kg.entities[poi], "PNS", entity) for poi in located[:, 0]]
     else:
         area = entity
         _, point, _ = nearest_neighbors(node_lat, node_lon, [lat], [lon], num_adjacent_areas)
@@ -282,6 +287,8 @@ def new_node_triples(
     for name, category in pois or []:
         poi = name if "/" in name else f"POI/{name}"
         triples += [(poi, "PLA", area), (poi, "PHPC", _category_entity(kg, category))]
+        if kind == "sensor":
+            triples.append((poi, "PNS", entity))
     if not any(kg.has_entity(head) or kg.has_entity(tail) for head, _, tail in triples):
         raise ValueError(f"the new {kind} {entity!r} at ({lat}, {lon}) links to no existing entity")
     return triples

@@ -24,7 +24,7 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         M_E = r * t                                   Euclidean expert (element-wise product)
         M_H = r (x)_{c1} exp_0^{c1}(t)                hyperbolic expert, c1 = -softplus(a) < 0
         M_S = r (x)_{c2} exp_0^{c2}(t)                spherical expert,  c2 = +softplus(b) > 0
-        M   = W_m [ M_E || log_0^{c1}(M_H) || log_0^{c2}(M_S) ]        (eq. 14)
+        M   = W_m LN[ M_E || log_0^{c1}(M_H) || log_0^{c2}(M_S) ]      (eq. 14)
         phi_gamma = sigmoid( mean_{(r, t) in N_gamma} M(r, t) )       (eq. 15)
 
     ``(x)_c`` is Mobius point-wise multiplication in the stereographic model of curvature ``c`` (geoopt).
@@ -97,6 +97,9 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         self.hyperbolic_curvature_raw = nn.Parameter(torch.tensor(_inverse_softplus(-init_hyperbolic_curvature)))
         self.spherical_curvature_raw = nn.Parameter(torch.tensor(_inverse_softplus(init_spherical_curvature)))
         num_inputs = len(self.experts) if use_geometry_moe else 1
+        # Pretrained KG embeddings are small (TuckER: ~1e-2 per entry), so raw messages differ little between
+        # nodes and phi would be nearly constant; a LayerNorm before W_m puts every message on a unit scale.
+        self.message_norm = nn.LayerNorm(num_inputs * embedding_dim)
         self.mixture = nn.Linear(num_inputs * embedding_dim, condition_dim)
 
     @classmethod
@@ -196,14 +199,14 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         relation = self.relation_embeddings[relation_id]
         tail = self.entity_embeddings[neighbor_id]
         if not self.config.use_geometry_moe:
-            return self.mixture(tail)
+            return self.mixture(self.message_norm(tail))
         parts = []
         for geometry in self.experts:
             if geometry == "euclidean":
                 parts.append(relation * tail)
             else:
                 parts.append(self._geometric_message(relation, tail, geometry))
-        return self.mixture(torch.cat(parts, dim=-1))
+        return self.mixture(self.message_norm(torch.cat(parts, dim=-1)))
 
     def encode_neighbors(
         self, edge_node: torch.Tensor, relation_id: torch.Tensor, neighbor_id: torch.Tensor, num_nodes: int
