@@ -8,7 +8,8 @@
     python scripts/push_to_hub.py --dataset prepared/pems_bay_16 --repo_id USER/pems-bay-16-kgdiff
 
 --dry_run prints exactly the files that would be uploaded and the card, and uploads nothing (no login
-needed). Otherwise log in first (`huggingface-cli login`) or set HF_TOKEN, or pass --token.
+needed). Otherwise log in first (`hf auth login`; `huggingface-cli login` in older huggingface_hub), set
+HF_TOKEN, or pass --token.
 """
 
 from __future__ import annotations

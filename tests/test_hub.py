@@ -243,15 +243,20 @@ def test_not_logged_in(run, tmp_path, monkeypatch):
     upload_folder = mock.Mock(side_effect=AssertionError("must not upload"))
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     for push, folder in ((hub.push_pipeline, run.model_dir), (hub.push_prepared_dataset, run.dataset_dir)):
-        with pytest.raises(hub.NotLoggedInError, match=r"huggingface-cli login.*HF_TOKEN"):
+        with pytest.raises(hub.NotLoggedInError, match=r"hf auth login.*huggingface-cli login.*HF_TOKEN"):
             push(folder, REPO_ID)
     assert not (run.model_dir / "README.md").exists()
 
 
-def test_dry_run_script_prints_files_and_card(run, capsys, monkeypatch):
+def _load_script():
     spec = importlib.util.spec_from_file_location("push_to_hub_script", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_dry_run_script_prints_files_and_card(run, capsys, monkeypatch):
+    script = _load_script()
     for method in ("create_repo", "upload_folder"):
         monkeypatch.setattr(
             HfApi, method, mock.Mock(side_effect=AssertionError("dry run must not contact the Hub"))
@@ -436,3 +441,15 @@ def test_push_prepared_dataset_with_mocked_hf_api(run):
     assert sent["repo_type"] == "dataset" and sent["files"] == upload.files
     assert upload.repo_id == "user/tiny-city" and upload.commit_url.endswith("/abc")
     assert 'load_dataset("user/tiny-city")' in upload.card.text
+
+
+def test_dataset_dry_run_script(run, capsys, monkeypatch):
+    script = _load_script()
+    no_upload = mock.Mock(side_effect=AssertionError("a dry run uploads nothing"))
+    monkeypatch.setattr(HfApi, "upload_folder", no_upload)
+    upload = script.main(["--dataset", str(run.dataset_dir), "--repo_id", "user/tiny-city", "--dry_run"])
+    out = capsys.readouterr().out
+    assert upload.repo_type == "dataset" and "data/test.parquet" in upload.files
+    assert re.findall(r"^  (\S+)$", out.split("--- README.md ---")[0], flags=re.MULTILINE) == upload.files
+    with pytest.raises(SystemExit):
+        script.parse_args(["--dataset", "d", "--repo_id", "u/n", "--dataset_repo_id", "u/d"])

@@ -245,10 +245,9 @@ def _count_parameters(folder: Path) -> int:
 def _prepared_meta(dataset_dir: str | os.PathLike | None, training_config: dict | None) -> dict | None:
     """``prepared.json`` of the training data: from ``dataset_dir``, else the training config's ``dataset``
     folder; ``None`` when neither is a prepared dataset folder."""
-    candidates = [dataset_dir] if dataset_dir is not None else [(training_config or {}).get("dataset")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / META_FILE).is_file():
-            return _read_json(Path(candidate) / META_FILE)
+    folder = dataset_dir if dataset_dir is not None else (training_config or {}).get("dataset")
+    if folder and (Path(folder) / META_FILE).is_file():
+        return _read_json(Path(folder) / META_FILE)
     if dataset_dir is not None:
         raise FileNotFoundError(
             f"dataset_dir={dataset_dir} is not a prepared dataset folder (no {META_FILE})"
@@ -445,8 +444,8 @@ def _resolve_token(token: str | None) -> str:
     token = token or get_token()
     if not token:
         raise NotLoggedInError(
-            "not logged in to the Hugging Face Hub: run `huggingface-cli login` (or `hf auth login`), "
-            "set the HF_TOKEN environment variable, or pass token= / --token"
+            "not logged in to the Hugging Face Hub: run `hf auth login` (`huggingface-cli login` with "
+            "huggingface_hub < 1.0), set the HF_TOKEN environment variable, or pass token= / --token"
         )
     return token
 
