@@ -30,6 +30,7 @@ budget and every command to ``--output`` (JSON) and its ``.md`` sibling.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -202,6 +203,20 @@ def _environment(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
+def code_version() -> str:
+    """``git`` HEAD of the repository plus ``+dirty-<hash>`` of uncommitted changes to src/ and scripts/.
+
+    Results are reused only under the same version, and a run warns when the version changed under it.
+    """
+    def git(*command: str) -> str:
+        result = subprocess.run(["git", *command], cwd=REPO_ROOT, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+    diff = git("diff", "HEAD", "--", "src", "scripts")
+    dirty = f"+dirty-{hashlib.sha1(diff.encode()).hexdigest()[:8]}" if diff else ""
+    return git("rev-parse", "--short", "HEAD") + dirty
+
+
 def _relative(path: Path) -> str:
     path = Path(path).resolve()
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
@@ -285,6 +300,7 @@ def run_unit(unit: Unit, dataset: PreparedDataset, data_dir: Path, args: argpars
         "max_days_per_node": budget.max_days_per_node,
         "seed": unit.seed,
         "include_baselines": unit.variant == MODEL_NAME,
+        "code_version": args.code_version,
     }
     shown = [Path(command[0]).name, *command[1:]]
     result_path = output_dir / RESULT_FILE
@@ -415,6 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.set_num_threads(args.threads)
+    args.code_version = code_version()
     started = time.perf_counter()
     machine = machine_info()
 
@@ -441,6 +458,10 @@ def main(argv: list[str] | None = None) -> None:
             )
             records.append(record)
 
+    final_version = code_version()
+    if final_version != args.code_version:
+        logger.warning("the code changed during the run (%s -> %s): rerun with --rerun for consistent results",
+                       args.code_version, final_version)
     summary = aggregate(records)
     details = {
         key: {
@@ -465,6 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         "jobs": args.jobs,
         "threads": args.threads,
         "mmd_bandwidth": MMD_BANDWIDTH_NOTE,
+        "code_version": {"start": args.code_version, "end": final_version},
         "command": " ".join(["python", "bench/quality.py", *(sys.argv[1:] if argv is None else argv)]),
         "prepare_commands": prepare_commands,
         "datasets": details,
