@@ -29,6 +29,8 @@ from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import evaluate_pipeline, markdown_table, write_report
 from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline
 
+from .conftest import make_tiny_pipeline
+
 REPO_ID = "user/kgdiff-tiny"
 TOKEN_IN_CONFIG = "hf_not_a_real_token"
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "push_to_hub.py"
@@ -155,7 +157,7 @@ def test_model_card_metadata_round_trips_metrics(run, tmp_path, flavour):
     assert {r.dataset_args["num_test_nodes"] for r in data.eval_results} == {len(run.dataset.test_node_ids)}
     text = loaded.text
     assert hub.load_flavour(flavour)["title"] in text
-    assert markdown_table(run.metrics).strip() in text
+    assert markdown_table(run.metrics).strip() + "\n\n" in text  # a blank line ends the table
     for name, values in run.metrics["methods"].items():
         assert re.search(rf"\| {name} \| (\*\*)?{values['mae']:.3f}(\*\*)? \|", text), name
     assert "@inproceedings{kgdiff2026" in text
@@ -210,6 +212,13 @@ def test_files_to_upload_excludes_training_state(run, tmp_path):
         (model_dir / path).parent.mkdir(parents=True, exist_ok=True)
         (model_dir / path).write_bytes(b"x")
     assert hub.files_to_upload(model_dir) == EXPECTED_FILES
+
+
+def test_files_to_upload_of_a_two_feature_pipeline(tmp_path):
+    # feature_names / feature_mean of two features look like [library, class] pairs in model_index.json
+    make_tiny_pipeline(num_features=2).save_pretrained(tmp_path)
+    expected = [f for f in EXPECTED_FILES if "/" in f or f == "model_index.json"]
+    assert hub.files_to_upload(tmp_path) == expected
 
 
 def test_pickled_weights_are_refused(run, tmp_path):

@@ -51,6 +51,7 @@ from safetensors import safe_open
 from .data.prepared import DAYS_DIR, DAYS_PARQUET, EMBEDDINGS_FILE, KG_DIR, META_FILE, NODES_FILE
 from .evaluation import MMD_BANDWIDTH_NOTE, MODEL_NAME, markdown_table
 from .kg.graph import INVERSE_SUFFIX, KnowledgeGraph
+from .pipelines.pipeline_kgdiff import KGDiffPipeline
 from .schedulers.scheduling_kgdiff import SAMPLERS
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hub_cards"
 FLAVOURS = ("pems-bay", "metr-la", "nyc-bike", "generic")
 LIBRARY_NAME = "kgdiff-diffusers"
 DEFAULT_LICENSE = "apache-2.0"
-PIPELINE_CLASS = "KGDiffPipeline"
 MODEL_INDEX_FILE = "model_index.json"
 METRICS_FILE = "metrics.json"
 TRAINING_CONFIG_FILE = "training_config.json"
@@ -161,9 +161,9 @@ def read_model_index(model_dir: str | os.PathLike) -> dict:
             "pipe.save_pretrained(DIR) or scripts/train.py --output_dir DIR"
         )
     index = _read_json(path)
-    if index.get("_class_name") != PIPELINE_CLASS:
+    if index.get("_class_name") != KGDiffPipeline.__name__:
         raise ValueError(
-            f"{path} describes a {index.get('_class_name')!r}, not a {PIPELINE_CLASS}; push other "
+            f"{path} describes a {index.get('_class_name')!r}, not a {KGDiffPipeline.__name__}; push other "
             "pipelines with their own push_to_hub"
         )
     return index
@@ -188,11 +188,14 @@ def read_metrics(model_dir: str | os.PathLike) -> dict:
 
 
 def _components(index: dict) -> list[str]:
-    """Component folder names of a model index (entries ``[library, class]`` that are not ``None``)."""
+    """Component folder names of a KGDiff model index: the pipeline's modules that were saved (not ``None``).
+
+    Taken from :class:`KGDiffPipeline`'s signature, not guessed from the values: a config entry such as
+    ``feature_names: ["inflow", "outflow"]`` looks like a ``[library, class]`` pair.
+    """
+    modules, _ = KGDiffPipeline._get_signature_keys(KGDiffPipeline)
     return sorted(
-        name
-        for name, value in index.items()
-        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] is not None
+        name for name in modules if isinstance(index.get(name), list) and index[name][0] is not None
     )
 
 
