@@ -283,16 +283,60 @@ class Unit:
     seed: int
 
 
-def run_unit(unit: Unit, dataset: PreparedDataset, data_dir: Path, args: argparse.Namespace) -> dict:
-    """Trains one model (subprocess) and evaluates it on the test nodes (this thread).
+def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int) -> dict:
+    """Scores a trained pipeline on its data set's test nodes (``evaluate_pipeline``) and returns its metrics.
+
+    Runs in a fresh process (``python bench/quality.py evaluate-run ...``) so that it uses the code the model
+    was just trained with, and evaluations of parallel jobs do not share one interpreter.
+
+    Args:
+        model_dir: a ``KGDiffPipeline.save_pretrained`` folder.
+        data_dir: the prepared data set it was trained on.
+        evaluation: ``sampler``, ``num_inference_steps``, ``max_days_per_node``, ``seed``, ``include_baselines``.
+        threads: ``torch.set_num_threads``.
 
     Returns:
-        ``{"unit", "command", "evaluation", "methods", "train_seconds", "evaluate_seconds", "reused"}``;
+        ``{"methods": {name: metrics}, "num_test_nodes", "num_real_days", "test_node_ids"}``.
+    """
+    torch.set_num_threads(threads)
+    pipe = KGDiffPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        result = evaluate_pipeline(
+            pipe, PreparedDataset.load(data_dir), num_inference_steps=evaluation["num_inference_steps"],
+            sampler=evaluation["sampler"], seed=evaluation["seed"],
+            include_baselines=evaluation["include_baselines"], max_days_per_node=evaluation["max_days_per_node"],
+        )
+    return {key: result.metrics[key] for key in ("methods", "num_test_nodes", "num_real_days", "test_node_ids")}
+
+
+def _evaluate_main(argv: list[str]) -> None:
+    """``evaluate-run MODEL_DIR DATA_DIR EVALUATION_JSON THREADS OUTPUT_JSON``: :func:`evaluate_run` to a file."""
+    model_dir, data_dir, evaluation, threads, output = argv
+    result = evaluate_run(Path(model_dir), Path(data_dir), json.loads(evaluation), int(threads))
+    Path(output).write_text(json.dumps(result))
+
+
+def _run_logged(command: list[str], log_path: Path, threads: int, what: str) -> float:
+    """Runs ``command`` from the repository root with ``threads`` threads; returns its wall seconds."""
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        completed = subprocess.run(command, cwd=REPO_ROOT, env=_environment(threads), stdout=log, stderr=log)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {completed.returncode}); see {log_path}")
+    return time.perf_counter() - start
+
+
+def run_unit(unit: Unit, data_dir: Path, args: argparse.Namespace) -> dict:
+    """Trains one model and evaluates it on the test nodes, each in its own process.
+
+    Returns:
+        ``{"unit", "command", "evaluation", "methods", "train_seconds", "evaluate_seconds", "reused", ...}``;
         ``methods`` holds the row's metrics, plus the baselines' for the full model.
     """
     budget = args.budget
     variant_folder = unit.variant.lower().replace("w/o ", "no_").replace(" ", "_").replace("-", "_")
-    output_dir = args.runs_dir / unit.dataset / f"{variant_folder}_seed{unit.seed}"
+    output_dir = (args.runs_dir / unit.dataset / f"{variant_folder}_seed{unit.seed}").resolve()
     command = train_command(data_dir, output_dir, unit.variant, unit.seed, budget)
     evaluation = {
         "sampler": budget.sampler,
@@ -309,35 +353,29 @@ def run_unit(unit: Unit, dataset: PreparedDataset, data_dir: Path, args: argpars
         if previous.get("command") == shown and previous.get("evaluation") == evaluation:
             return {**previous, "reused": True}
 
-    start = time.perf_counter()
     output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / "train.log", "w") as log:
-        completed = subprocess.run(command, cwd=REPO_ROOT, env=_environment(args.threads), stdout=log, stderr=log)
-    if completed.returncode != 0:
-        raise RuntimeError(f"training {unit} failed (exit {completed.returncode}); see {output_dir / 'train.log'}")
-    train_seconds = time.perf_counter() - start
+    train_seconds = _run_logged(command, output_dir / "train.log", args.threads, f"training {unit}")
     if not args.keep_checkpoints:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
-
-    start = time.perf_counter()
-    pipe = KGDiffPipeline.from_pretrained(output_dir)
-    pipe.set_progress_bar_config(disable=True)
-    with torch.inference_mode():
-        result = evaluate_pipeline(
-            pipe, dataset, num_inference_steps=budget.num_inference_steps, sampler=budget.sampler, seed=unit.seed,
-            include_baselines=evaluation["include_baselines"], max_days_per_node=budget.max_days_per_node,
-        )
-    methods = dict(result.metrics["methods"])
+    scores_path = output_dir / "bench_scores.json"
+    evaluate_command = [
+        sys.executable, str(Path(__file__).resolve()), "evaluate-run", str(output_dir), str(data_dir.resolve()),
+        json.dumps(evaluation), str(args.threads), str(scores_path),
+    ]
+    evaluate_seconds = _run_logged(evaluate_command, output_dir / "evaluate.log", args.threads, f"evaluating {unit}")
+    scores = json.loads(scores_path.read_text())
+    methods = dict(scores["methods"])
     methods[unit.variant] = methods.pop(MODEL_NAME)
     record = {
         "unit": asdict(unit),
         "command": shown,
         "evaluation": evaluation,
         "methods": methods,
-        "num_test_nodes": result.metrics["num_test_nodes"],
-        "num_real_days": result.metrics["num_real_days"],
+        "num_test_nodes": scores["num_test_nodes"],
+        "num_real_days": scores["num_real_days"],
+        "test_node_ids": scores["test_node_ids"],
         "train_seconds": round(train_seconds, 1),
-        "evaluate_seconds": round(time.perf_counter() - start, 1),
+        "evaluate_seconds": round(evaluate_seconds, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     result_path.write_text(json.dumps(record, indent=2))
@@ -435,18 +473,17 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     machine = machine_info()
 
-    prepared, prepare_commands, data_dirs = {}, {}, {}
+    prepare_commands, data_dirs = {}, {}
     for key in args.datasets:
         data_dirs[key], command = ensure_prepared(key, args)
         if command is not None:
             prepare_commands[key] = [Path(command[0]).name, *command[1:]]
-        prepared[key] = PreparedDataset.load(data_dirs[key])
     prepare_seconds = time.perf_counter() - started
 
     units = [Unit(d, v, s) for d in args.datasets for s in args.seeds for v in args.variants]
     records = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_unit, u, prepared[u.dataset], data_dirs[u.dataset], args) for u in units]
+        futures = [pool.submit(run_unit, u, data_dirs[u.dataset], args) for u in units]
         for future in tqdm(as_completed(futures), total=len(futures), desc="models"):
             record = future.result()
             unit = record["unit"]
@@ -463,15 +500,11 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning("the code changed during the run (%s -> %s): rerun with --rerun for consistent results",
                        args.code_version, final_version)
     summary = aggregate(records)
-    details = {
-        key: {
-            "num_test_nodes": next(r["num_test_nodes"] for r in records if r["unit"]["dataset"] == key),
-            "num_real_days": next(r["num_real_days"] for r in records if r["unit"]["dataset"] == key),
-            "test_node_ids": prepared[key].test_node_ids,
-            "prepared_dir": str(data_dirs[key]),
-        }
-        for key in args.datasets
-    }
+    details = {}
+    for key in args.datasets:
+        first = next(r for r in records if r["unit"]["dataset"] == key)
+        details[key] = {name: first[name] for name in ("num_test_nodes", "num_real_days", "test_node_ids")}
+        details[key]["prepared_dir"] = str(data_dirs[key])
     tables = render(summary, args, details)
     print(tables)
 
@@ -507,4 +540,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["evaluate-run"]:
+        _evaluate_main(sys.argv[2:])
+    else:
+        main()
