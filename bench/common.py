@@ -30,7 +30,9 @@ class Timing:
         return asdict(self)
 
 
-def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, Timing]:
+def time_interleaved(
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, Timing]:
     """Times several callables in rounds (A B C, A B C, ...) so that load drift hits all of them alike.
 
     Args:
@@ -54,7 +56,7 @@ def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int, warmu
 
 
 def reset_peak_memory() -> int:
-    """Resets this process's peak resident set size (Linux ``clear_refs``) and returns the current RSS in bytes.
+    """Resets this process's peak resident set size (Linux ``clear_refs``); returns the current RSS (bytes).
 
     After the reset, :func:`peak_memory` reports the peak reached from now on. Where the kernel does not allow
     the reset, the peak stays the process's lifetime peak (still an upper bound).

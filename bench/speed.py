@@ -84,6 +84,8 @@ SETTINGS = {
         "overhead_nodes": 8,
         "overhead_samples": 4,
         "encoder_nodes": (1_000, 10_000),
+        "encoder_one_shot_max_nodes": 10_000,
+        "scale_repeats": 3,
         "generation_nodes": (200, 1_000),
     },
     "full": {
@@ -96,28 +98,41 @@ SETTINGS = {
         "overhead_nodes": 16,
         "overhead_samples": 8,
         "encoder_nodes": (1_000, 10_000, 100_000),
+        "encoder_one_shot_max_nodes": 10_000,
+        "scale_repeats": 3,
         "generation_nodes": (1_000, 10_000),
     },
 }
 TRAIN_BATCH_SIZE = 64
 SCALE_INFERENCE_STEPS = 20
+ENCODER_CHUNK_NODES = 1_000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (a few minutes)")
     parser.add_argument("--output", type=Path, default=Path("bench/results/speed.json"), help="results JSON")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every measurement")
     parser.add_argument("--model", type=Path, help="a trained KGDiffPipeline folder (needs --data)")
     parser.add_argument("--data", type=Path, help="a prepared dataset folder (scripts/prepare_data.py)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--batch_size", type=int, default=256, help="images per denoiser call (pipeline default)")
-    parser.add_argument("--train_seconds", type=float, help="training budget without --model (quick 60, full 600)")
-    parser.add_argument("--days_per_node", type=int, help="generated days per test node and seed (quick 4, full 16)")
+    parser.add_argument(
+        "--batch_size", type=int, default=256, help="images per denoiser call (pipeline default)"
+    )
+    parser.add_argument(
+        "--train_seconds", type=float, help="training budget without --model (quick 60, full 600)"
+    )
+    parser.add_argument(
+        "--days_per_node", type=int, help="generated days per test node and seed (quick 4, full 16)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.model is not None and args.data is None:
-        parser.error("--model needs --data: the prepared dataset the pipeline was trained on (for its test nodes)")
+        parser.error(
+            "--model needs --data: the prepared dataset the pipeline was trained on (for its test nodes)"
+        )
     for name in ("model", "data"):
         folder = getattr(args, name)
         if folder is not None and not folder.is_dir():
@@ -130,13 +145,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------- model
 
 
-def synthetic_dataset(num_nodes: int, num_days: int, seed: int, tucker_seconds: float = 20.0) -> PreparedDataset:
+def synthetic_dataset(
+    num_nodes: int, num_days: int, seed: int, tucker_seconds: float = 20.0
+) -> PreparedDataset:
     """A prepared synthetic city with briefly pretrained TuckER embeddings (d = 128)."""
     data, kg = make_synthetic_city(num_nodes=num_nodes, num_days=num_days, seed=seed)
     tucker = pretrain_tucker(kg, seed=seed, show_progress=False, max_seconds=tucker_seconds)
     return prepare_dataset(
-        data, kg, f"synthetic-city-{num_nodes}",
-        entity_embeddings=tucker.entity_embeddings, relation_embeddings=tucker.relation_embeddings,
+        data,
+        kg,
+        f"synthetic-city-{num_nodes}",
+        entity_embeddings=tucker.entity_embeddings,
+        relation_embeddings=tucker.relation_embeddings,
     )
 
 
@@ -150,7 +170,9 @@ def training_batch(
     data_rows, day_index = train_rows[nodes[pick]], days[pick]
     values = (dataset.days[data_rows, day_index] - dataset.feature_mean) / dataset.feature_std
     encoder_rows = pipe.node_rows([dataset.node_ids[row] for row in data_rows])
-    return torch.from_numpy(values.astype(np.float32)).transpose(1, 2).contiguous(), torch.tensor(encoder_rows)
+    return torch.from_numpy(values.astype(np.float32)).transpose(1, 2).contiguous(), torch.tensor(
+        encoder_rows
+    )
 
 
 def trainable_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
@@ -170,7 +192,13 @@ def train_quickly(pipe: KGDiffPipeline, dataset: PreparedDataset, seconds: float
         days, rows = training_batch(pipe, dataset, TRAIN_BATCH_SIZE, rng)
         optimizer.zero_grad(set_to_none=True)
         loss = kgdiff_loss(
-            pipe.unet, pipe.condition_encoder, pipe.meta_pattern, scheduler, pipe.delay_embedding, days, rows,
+            pipe.unet,
+            pipe.condition_encoder,
+            pipe.meta_pattern,
+            scheduler,
+            pipe.delay_embedding,
+            days,
+            rows,
             generator=generator,
         ).loss
         loss.backward()
@@ -201,9 +229,10 @@ def load_model(args: argparse.Namespace, settings: dict) -> tuple[KGDiffPipeline
         torch.manual_seed(args.seed)
         pipe = build_pipeline(dataset, KGDiffModelConfig())
         logger.info("training a default-size model on %s for %.0f s", dataset.name, settings["train_seconds"])
-        source = {"model": "trained by this bench", "training": train_quickly(
-            pipe, dataset, settings["train_seconds"], args.seed
-        )}
+        source = {
+            "model": "trained by this bench",
+            "training": train_quickly(pipe, dataset, settings["train_seconds"], args.seed),
+        }
     pipe.set_progress_bar_config(disable=True)
     source.update(
         dataset=dataset.name,
@@ -236,22 +265,30 @@ def bench_sampling(
             logger.info("sampling: %s %d steps, seed %d", label, steps, seed + offset)
             start = time.perf_counter()
             result = evaluate_pipeline(
-                pipe, dataset, steps, sampler, seed + offset, samples_per_node=days_per_node,
-                include_baselines=False, batch_size=batch_size,
+                pipe,
+                dataset,
+                steps,
+                sampler,
+                seed + offset,
+                samples_per_node=days_per_node,
+                include_baselines=False,
+                batch_size=batch_size,
             )
             seconds.append(time.perf_counter() - start)
             metrics.append(result.metrics["methods"]["KGDiff"])
         node_days = result.metrics["num_test_nodes"] * days_per_node
-        rows.append({
-            "sampler": label,
-            "name": sampler,
-            "steps": steps,
-            "node_days_per_run": node_days,
-            "seconds_median": float(np.median(seconds)),
-            "node_days_per_s": node_days / float(np.median(seconds)),
-            **{key: float(np.mean([m[key] for m in metrics])) for key in ("mae", "rmse", "mmd", "jsd")},
-            "mae_seeds": [m["mae"] for m in metrics],
-        })
+        rows.append(
+            {
+                "sampler": label,
+                "name": sampler,
+                "steps": steps,
+                "node_days_per_run": node_days,
+                "seconds_median": float(np.median(seconds)),
+                "node_days_per_s": node_days / float(np.median(seconds)),
+                **{key: float(np.mean([m[key] for m in metrics])) for key in ("mae", "rmse", "mmd", "jsd")},
+                "mae_seeds": [m["mae"] for m in metrics],
+            }
+        )
     pipe.scheduler = original
     base = rows[0]
     for row in rows:
@@ -271,32 +308,47 @@ def bench_sampling(
 def bare_sampling_loop(
     pipe: KGDiffPipeline, scheduler, condition: torch.Tensor, meta_image: torch.Tensor, steps: int, seed: int
 ) -> torch.Tensor:
-    """The pipeline's denoising loop with nothing around it: ``(B, D, V, V)`` images on the residual ``X - f``."""
+    """The pipeline's denoising loop alone: ``(B, D, V, V)`` images, sampled on the residual ``X - f``."""
     scheduler.set_timesteps(steps)
     sample = torch.randn(meta_image.shape, generator=torch.Generator().manual_seed(seed))
     for t in scheduler.timesteps:
-        noise = pipe.unet(sample + meta_image, t, condition).sample
+        noise = pipe.unet(sample + meta_image, t, condition, meta_pattern=meta_image).sample
         sample = scheduler.step(noise, t, sample).prev_sample
     return sample + meta_image
 
 
 @torch.no_grad()
 def bench_overhead(
-    pipe: KGDiffPipeline, node_ids: list[str], samples: int, steps: int, repeats: int, batch_size: int, seed: int
+    pipe: KGDiffPipeline,
+    node_ids: list[str],
+    samples: int,
+    steps: int,
+    repeats: int,
+    batch_size: int,
+    seed: int,
 ) -> dict:
     """Pipeline call vs bare loop (DDIM), and one batched call vs one call per node."""
     original = pipe.scheduler
     pipe.scheduler = make_sampler("ddim", original.config)
     bare_scheduler = make_sampler("ddim", original.config)
     phi = pipe.condition(node_ids)
-    meta_image = pipe.delay_embedding.to_image(pipe.meta_pattern(phi)) if pipe.meta_pattern is not None else None
+    meta_image = (
+        pipe.delay_embedding.to_image(pipe.meta_pattern(phi)) if pipe.meta_pattern is not None else None
+    )
     if meta_image is None:
-        meta_image = torch.zeros(len(node_ids), pipe.unet.config.num_features, *(2 * [pipe.delay_embedding.image_size]))
+        meta_image = torch.zeros(
+            len(node_ids), pipe.unet.config.num_features, *(2 * [pipe.delay_embedding.image_size])
+        )
     condition, meta_image = phi.repeat_interleave(samples, 0), meta_image.repeat_interleave(samples, 0)
 
     def call(ids: list[str]) -> None:
-        pipe(node_ids=ids, num_samples=samples, num_inference_steps=steps, batch_size=batch_size,
-             generator=torch.Generator().manual_seed(seed))
+        pipe(
+            node_ids=ids,
+            num_samples=samples,
+            num_inference_steps=steps,
+            batch_size=batch_size,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     timings = time_interleaved(
         {
@@ -323,7 +375,7 @@ def bench_overhead(
 
 
 class PrecomputedCondition(nn.Module):
-    """Stands in for the condition encoder: ``phi`` looked up in a fixed ``(num_nodes, condition_dim)`` table."""
+    """Stands in for the condition encoder: ``phi`` from a fixed ``(num_nodes, condition_dim)`` table."""
 
     def __init__(self, phi: torch.Tensor):
         super().__init__()
@@ -335,8 +387,10 @@ class PrecomputedCondition(nn.Module):
 
 def bench_training(pipe: KGDiffPipeline, dataset: PreparedDataset, repeats: int, seed: int) -> dict:
     """Training-step throughput, with and without the condition encoder, and the encoder alone."""
-    unet, encoder, meta = (copy.deepcopy(m) if m is not None else None
-                           for m in (pipe.unet, pipe.condition_encoder, pipe.meta_pattern))
+    unet, encoder, meta = (
+        copy.deepcopy(m) if m is not None else None
+        for m in (pipe.unet, pipe.condition_encoder, pipe.meta_pattern)
+    )
     for module in (unet, encoder, meta):
         if module is not None:
             module.train()
@@ -382,7 +436,9 @@ def bench_training(pipe: KGDiffPipeline, dataset: PreparedDataset, repeats: int,
 # ---------------------------------------------------------------------------------------------------- scale
 
 
-def random_embeddings(num_entities: int, num_relations: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def random_embeddings(
+    num_entities: int, num_relations: int, dim: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``(num_entities, dim)`` and ``(2 * num_relations, dim)`` float32 stand-ins for TuckER embeddings."""
     rng = np.random.default_rng(seed)
     entity = rng.normal(0.0, 0.1, (num_entities, dim)).astype(np.float32)
@@ -393,39 +449,48 @@ def random_embeddings(num_entities: int, num_relations: int, dim: int, seed: int
 def synthetic_pipeline(num_nodes: int, seed: int) -> KGDiffPipeline:
     """A default-size untrained pipeline over a 2-day synthetic city of ``num_nodes`` sensors."""
     data, kg = make_synthetic_city(num_nodes=num_nodes, num_days=2, seed=seed)
-    entity, relation = random_embeddings(kg.num_entities, kg.num_relations, KGDiffModelConfig.condition_dim, seed)
-    dataset = prepare_dataset(data, kg, f"synthetic-city-{num_nodes}", entity_embeddings=entity,
-                              relation_embeddings=relation)
+    entity, relation = random_embeddings(
+        kg.num_entities, kg.num_relations, KGDiffModelConfig.condition_dim, seed
+    )
+    dataset = prepare_dataset(
+        data, kg, f"synthetic-city-{num_nodes}", entity_embeddings=entity, relation_embeddings=relation
+    )
     torch.manual_seed(seed)
     pipe = build_pipeline(dataset, KGDiffModelConfig())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def encoder_scale_point(num_nodes: int, threads: int, repeats: int, seed: int) -> dict:
-    """Forward time of the condition encoder over all nodes of a synthetic city, and its peak memory.
+def encoder_scale_point(num_nodes: int, threads: int, repeats: int, seed: int, one_shot: bool) -> dict:
+    """Condition-encoder forward time and peak memory over all nodes of a synthetic city.
 
+    Measured in chunks of :data:`ENCODER_CHUNK_NODES` node rows (bounded memory) and, with ``one_shot``, as
+    one forward over every node (``encoder()``, what ``pipe.condition`` does for all requested nodes at once).
     Runs in a fresh process (see :func:`run_in_fresh_process`).
     """
     torch.set_num_threads(threads)
     encoder = synthetic_pipeline(num_nodes, seed).condition_encoder
-    gc.collect()
-    idle = reset_peak_memory()
-    with torch.no_grad():
-        timing = time_interleaved({"forward": encoder}, repeats)["forward"]
-    peak = peak_memory()
+    chunks = torch.arange(num_nodes).split(ENCODER_CHUNK_NODES)
+    modes = {"chunked": lambda: [encoder(rows) for rows in chunks]}
+    if one_shot:
+        modes["one_shot"] = encoder
     edges = int(encoder.config.num_edges)
-    return {
-        "nodes": num_nodes,
-        "entities": int(encoder.config.num_entities),
-        "edges": edges,
-        "timing": timing.as_dict(),
-        "us_per_node": timing.median_s / num_nodes * 1e6,
-        "us_per_edge": timing.median_s / edges * 1e6,
-        "idle_rss_mib": idle / MiB,
-        "peak_rss_mib": peak / MiB,
-        "peak_above_idle_mib": (peak - idle) / MiB,
-    }
+    point = {"nodes": num_nodes, "entities": int(encoder.config.num_entities), "edges": edges}
+    for mode, forward in modes.items():
+        gc.collect()
+        idle = reset_peak_memory()
+        with torch.no_grad():
+            timing = time_interleaved({mode: forward}, repeats)[mode]
+        peak = peak_memory()
+        point[mode] = {
+            "timing": timing.as_dict(),
+            "us_per_node": timing.median_s / num_nodes * 1e6,
+            "us_per_edge": timing.median_s / edges * 1e6,
+            "idle_rss_mib": idle / MiB,
+            "peak_rss_mib": peak / MiB,
+            "peak_above_idle_mib": (peak - idle) / MiB,
+        }
+    return point
 
 
 def generation_scale_point(num_nodes: int, steps: int, batch_size: int, threads: int, seed: int) -> dict:
@@ -441,8 +506,12 @@ def generation_scale_point(num_nodes: int, steps: int, batch_size: int, threads:
     gc.collect()
     idle = reset_peak_memory()
     start = time.perf_counter()
-    output = pipe(node_ids=node_ids, num_inference_steps=steps, batch_size=batch_size,
-                  generator=torch.Generator().manual_seed(seed))
+    output = pipe(
+        node_ids=node_ids,
+        num_inference_steps=steps,
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
     seconds = time.perf_counter() - start
     peak = peak_memory()
     return {
@@ -463,13 +532,20 @@ def bench_scale(settings: dict, threads: int, batch_size: int, seed: int) -> dic
     encoder_points = []
     for num_nodes in settings["encoder_nodes"]:
         logger.info("scale: condition encoder over %d nodes", num_nodes)
-        encoder_points.append(run_in_fresh_process(encoder_scale_point, num_nodes, threads, settings["repeats"], seed))
+        one_shot = num_nodes <= settings["encoder_one_shot_max_nodes"]
+        encoder_points.append(
+            run_in_fresh_process(
+                encoder_scale_point, num_nodes, threads, settings["scale_repeats"], seed, one_shot
+            )
+        )
     generation_points = []
     for num_nodes in settings["generation_nodes"]:
         logger.info("scale: one day for each of %d nodes, DDIM %d", num_nodes, SCALE_INFERENCE_STEPS)
-        generation_points.append(run_in_fresh_process(
-            generation_scale_point, num_nodes, SCALE_INFERENCE_STEPS, batch_size, threads, seed
-        ))
+        generation_points.append(
+            run_in_fresh_process(
+                generation_scale_point, num_nodes, SCALE_INFERENCE_STEPS, batch_size, threads, seed
+            )
+        )
     return {"encoder": encoder_points, "generation": generation_points}
 
 
@@ -478,6 +554,91 @@ def bench_scale(settings: dict, threads: int, batch_size: int, seed: int) -> dic
 
 def _x(value: float) -> str:
     return f"{value:.2f}x"
+
+
+def scale_tables(scale: dict) -> list[str]:
+    """Markdown headings and tables of the ``scale`` section."""
+    encoder = scale["encoder"]
+    first = encoder[0]["chunked"]["timing"]["median_s"]
+    measured = [p for p in encoder if "one_shot" in p]
+    bytes_per_edge = (
+        max(p["one_shot"]["peak_above_idle_mib"] * MiB / p["edges"] for p in measured) if measured else None
+    )
+
+    def one_shot_cells(point: dict) -> list[str]:
+        if "one_shot" in point:
+            one = point["one_shot"]
+            return [
+                f"{one['timing']['median_s']:.3f}",
+                f"{one['us_per_node']:.1f}",
+                f"{one['peak_above_idle_mib']:.0f}",
+            ]
+        estimate = (
+            f"~{bytes_per_edge * point['edges'] / MiB:,.0f} (extrapolated)" if bytes_per_edge else "n/a"
+        )
+        return ["not run", "", estimate]
+
+    parts = [
+        "### Scale: condition-encoder forward over all nodes (synthetic city, d = 128, fresh process "
+        f"per size; median of {encoder[0]['chunked']['timing']['repeats']}; memory: peak RSS above the "
+        "idle process)\n",
+        markdown_table(
+            [
+                "nodes",
+                "entities",
+                "edges",
+                f"{ENCODER_CHUNK_NODES:,}-node chunks s",
+                "us/node",
+                f"time vs {encoder[0]['nodes']:,}",
+                "peak MiB",
+                "one forward s",
+                "us/node",
+                "peak MiB",
+            ],
+            [
+                [
+                    f"{p['nodes']:,}",
+                    f"{p['entities']:,}",
+                    f"{p['edges']:,}",
+                    f"{p['chunked']['timing']['median_s']:.3f}",
+                    f"{p['chunked']['us_per_node']:.1f}",
+                    _x(p["chunked"]["timing"]["median_s"] / first),
+                    f"{p['chunked']['peak_above_idle_mib']:.0f}",
+                    *one_shot_cells(p),
+                ]
+                for p in encoder
+            ],
+        ),
+    ]
+    generation = scale["generation"]
+    parts += [
+        f"### Scale: one day for each node, DDIM {SCALE_INFERENCE_STEPS}, denoiser batch "
+        f"{generation[0]['batch_size']} (default-size untrained model; fresh process per size; one run)\n",
+        markdown_table(
+            [
+                "nodes",
+                "seconds",
+                "node-days/s",
+                "ms/node",
+                f"time vs {generation[0]['nodes']:,}",
+                "peak MiB above idle",
+                "process peak MiB",
+            ],
+            [
+                [
+                    f"{p['nodes']:,}",
+                    f"{p['seconds']:.1f}",
+                    f"{p['node_days_per_s']:.1f}",
+                    f"{p['ms_per_node']:.2f}",
+                    _x(p["seconds"] / generation[0]["seconds"]),
+                    f"{p['peak_above_idle_mib']:.0f}",
+                    f"{p['peak_rss_mib']:.0f}",
+                ]
+                for p in generation
+            ],
+        ),
+    ]
+    return parts
 
 
 def format_report(results: dict) -> str:
@@ -492,8 +653,11 @@ def format_report(results: dict) -> str:
     model = results.get("model")
     if model:
         training = model["training"]
-        trained = (f"trained here for {training['seconds']} s ({training['steps']} steps of "
-                   f"{TRAIN_BATCH_SIZE})" if isinstance(training, dict) else training)
+        trained = (
+            f"trained here for {training['seconds']} s ({training['steps']} steps of {TRAIN_BATCH_SIZE})"
+            if isinstance(training, dict)
+            else training
+        )
         parts.append(
             f"Model: {model['model']} ({trained}); {model['unet_parameters'] / 1e6:.1f}M-parameter UNet on "
             f"{model['image_size']}x{model['image_size']}x{model['num_features']} images; dataset "
@@ -506,34 +670,71 @@ def format_report(results: dict) -> str:
             f"### Sampling ({rows[0]['node_days_per_run']} node-days per run = test nodes x days per node; "
             f"median over seeds; MAE/MMD/RMSE/JSD on the test nodes, mean over seeds; baseline {base})\n"
         )
-        parts.append(markdown_table(
-            ["sampler", "steps", "node-days/s", f"speed vs {base}", "MAE", f"MAE vs {base}", "MMD", "RMSE", "JSD",
-             "target"],
-            [[r["sampler"], r["steps"], f"{r['node_days_per_s']:.2f}", _x(r["speedup"]), f"{r['mae']:.3f}",
-              f"{r['mae_change']:+.1%}", f"{r['mmd']:.4f}", f"{r['rmse']:.3f}", f"{r['jsd']:.4f}",
-              "baseline" if i == 0 else ("met" if r["meets_target"] else "missed")]
-             for i, r in enumerate(rows)],
-        ))
+        parts.append(
+            markdown_table(
+                [
+                    "sampler",
+                    "steps",
+                    "node-days/s",
+                    f"speed vs {base}",
+                    "MAE",
+                    f"MAE vs {base}",
+                    "MMD",
+                    "RMSE",
+                    "JSD",
+                    "target",
+                ],
+                [
+                    [
+                        r["sampler"],
+                        r["steps"],
+                        f"{r['node_days_per_s']:.2f}",
+                        _x(r["speedup"]),
+                        f"{r['mae']:.3f}",
+                        f"{r['mae_change']:+.1%}",
+                        f"{r['mmd']:.4f}",
+                        f"{r['rmse']:.3f}",
+                        f"{r['jsd']:.4f}",
+                        "baseline" if i == 0 else ("met" if r["meets_target"] else "missed"),
+                    ]
+                    for i, r in enumerate(rows)
+                ],
+            )
+        )
     if "overhead" in results:
         o = results["overhead"]
         t = o["timings"]
         nd = o["node_days"]
         parts.append(
-            f"### Pipeline overhead ({o['sampler']}, {o['nodes']} nodes x {o['samples_per_node']} days = {nd} "
-            f"node-days per run; median of {t['pipeline']['repeats']})\n"
+            f"### Pipeline overhead ({o['sampler']}, {o['nodes']} nodes x {o['samples_per_node']} days "
+            f"= {nd} node-days per run; median of {t['pipeline']['repeats']})\n"
         )
-        parts.append(markdown_table(
-            ["variant", "median s", "node-days/s", "ratio"],
-            [["bare UNet + scheduler loop, precomputed phi and f (baseline)", f"{t['bare_loop']['median_s']:.3f}",
-              f"{nd / t['bare_loop']['median_s']:.1f}", "1.00x"],
-             ["KGDiffPipeline.__call__, all nodes in one call", f"{t['pipeline']['median_s']:.3f}",
-              f"{nd / t['pipeline']['median_s']:.1f}",
-              f"{_x(o['pipeline_vs_bare'])} (target <= {PIPELINE_MAX_OVERHEAD:.2f}x: "
-              f"{'met' if o['pipeline_vs_bare'] <= PIPELINE_MAX_OVERHEAD else 'missed'})"],
-             ["KGDiffPipeline.__call__ once per node", f"{t['per_node_loop']['median_s']:.3f}",
-              f"{nd / t['per_node_loop']['median_s']:.1f}",
-              f"{_x(o['per_node_vs_batched'])} the batched call's time"]],
-        ))
+        parts.append(
+            markdown_table(
+                ["variant", "median s", "node-days/s", "ratio"],
+                [
+                    [
+                        "bare UNet + scheduler loop, precomputed phi and f (baseline)",
+                        f"{t['bare_loop']['median_s']:.3f}",
+                        f"{nd / t['bare_loop']['median_s']:.1f}",
+                        "1.00x",
+                    ],
+                    [
+                        "KGDiffPipeline.__call__, all nodes in one call",
+                        f"{t['pipeline']['median_s']:.3f}",
+                        f"{nd / t['pipeline']['median_s']:.1f}",
+                        f"{_x(o['pipeline_vs_bare'])} (target <= {PIPELINE_MAX_OVERHEAD:.2f}x: "
+                        f"{'met' if o['pipeline_vs_bare'] <= PIPELINE_MAX_OVERHEAD else 'missed'})",
+                    ],
+                    [
+                        "KGDiffPipeline.__call__ once per node",
+                        f"{t['per_node_loop']['median_s']:.3f}",
+                        f"{nd / t['per_node_loop']['median_s']:.1f}",
+                        f"{_x(o['per_node_vs_batched'])} the batched call's time",
+                    ],
+                ],
+            )
+        )
     if "training" in results:
         tr = results["training"]
         t = tr["timings"]
@@ -541,42 +742,33 @@ def format_report(results: dict) -> str:
             f"### Training step (batch {tr['batch_size']}, kgdiff_loss + backward + AdamW; encoder index "
             f"{tr['encoder_edges']} edges; median of {t['full_step']['repeats']})\n"
         )
-        parts.append(markdown_table(
-            ["variant", "median s", "samples/s", "share of the full step"],
-            [["full step (baseline)", f"{t['full_step']['median_s']:.3f}",
-              f"{tr['samples_per_s']['full_step']:.1f}", "100%"],
-             ["step with precomputed phi (no encoder)", f"{t['step_with_precomputed_phi']['median_s']:.3f}",
-              f"{tr['samples_per_s']['step_with_precomputed_phi']:.1f}",
-              f"encoder = {tr['encoder_share_by_removal']:.1%} (by removal)"],
-             ["encoder forward + backward alone", f"{t['encoder_forward_backward']['median_s']:.4f}", "",
-              f"{tr['encoder_share_alone']:.1%}"]],
-        ))
+        parts.append(
+            markdown_table(
+                ["variant", "median s", "samples/s", "share of the full step"],
+                [
+                    [
+                        "full step (baseline)",
+                        f"{t['full_step']['median_s']:.3f}",
+                        f"{tr['samples_per_s']['full_step']:.1f}",
+                        "100%",
+                    ],
+                    [
+                        "step with precomputed phi (no encoder)",
+                        f"{t['step_with_precomputed_phi']['median_s']:.3f}",
+                        f"{tr['samples_per_s']['step_with_precomputed_phi']:.1f}",
+                        f"encoder = {tr['encoder_share_by_removal']:.1%} (by removal)",
+                    ],
+                    [
+                        "encoder forward + backward alone",
+                        f"{t['encoder_forward_backward']['median_s']:.4f}",
+                        "",
+                        f"{tr['encoder_share_alone']:.1%}",
+                    ],
+                ],
+            )
+        )
     if "scale" in results:
-        encoder = results["scale"]["encoder"]
-        parts.append(
-            "### Scale: condition-encoder forward over all nodes (synthetic city, d = 128, fresh process each; "
-            f"median of {encoder[0]['timing']['repeats']})\n"
-        )
-        parts.append(markdown_table(
-            ["nodes", "entities", "edges", "forward s", "us/node", "us/edge", f"time vs {encoder[0]['nodes']:,}",
-             "peak above idle MiB", "process peak MiB"],
-            [[f"{p['nodes']:,}", f"{p['entities']:,}", f"{p['edges']:,}", f"{p['timing']['median_s']:.4f}",
-              f"{p['us_per_node']:.2f}", f"{p['us_per_edge']:.3f}",
-              _x(p["timing"]["median_s"] / encoder[0]["timing"]["median_s"]),
-              f"{p['peak_above_idle_mib']:.0f}", f"{p['peak_rss_mib']:.0f}"] for p in encoder],
-        ))
-        generation = results["scale"]["generation"]
-        parts.append(
-            f"### Scale: one day for each node, DDIM {SCALE_INFERENCE_STEPS}, denoiser batch "
-            f"{generation[0]['batch_size']} (default-size untrained model; fresh process each; one run)\n"
-        )
-        parts.append(markdown_table(
-            ["nodes", "seconds", "node-days/s", "ms/node", f"time vs {generation[0]['nodes']:,}",
-             "peak above idle MiB", "process peak MiB"],
-            [[f"{p['nodes']:,}", f"{p['seconds']:.1f}", f"{p['node_days_per_s']:.1f}", f"{p['ms_per_node']:.2f}",
-              _x(p["seconds"] / generation[0]["seconds"]), f"{p['peak_above_idle_mib']:.0f}",
-              f"{p['peak_rss_mib']:.0f}"] for p in generation],
-        ))
+        parts += scale_tables(results["scale"])
     return "\n".join(parts)
 
 
@@ -589,8 +781,12 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     start = time.perf_counter()
-    results: dict = {"machine": machine_info(), "quick": args.quick, "settings": settings,
-                     "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    results: dict = {
+        "machine": machine_info(),
+        "quick": args.quick,
+        "settings": settings,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
     if {"sampling", "overhead", "training"} & set(args.sections):
         pipe, dataset, results["model"] = load_model(args, settings)
     if "sampling" in args.sections:
@@ -601,8 +797,13 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("overhead: pipeline vs bare loop vs per-node calls")
         node_ids = dataset.test_node_ids[: settings["overhead_nodes"]]
         results["overhead"] = bench_overhead(
-            pipe, node_ids, settings["overhead_samples"], SCALE_INFERENCE_STEPS, settings["repeats"],
-            args.batch_size, args.seed,
+            pipe,
+            node_ids,
+            settings["overhead_samples"],
+            SCALE_INFERENCE_STEPS,
+            settings["repeats"],
+            args.batch_size,
+            args.seed,
         )
     if "training" in args.sections:
         logger.info("training: step with and without the condition encoder")
