@@ -10,8 +10,9 @@ The analogue of the paper's Tables 2 and 3 on two real data sets, with the proto
   4 (25 %) highest-latitude sensors, KG from distance bands, road distances, station metadata and OSM edges.
 
 Every model (KGDiff and each ablation of the paper's Table 3) is trained by ``scripts/train.py`` in its own
-process with the same fixed budget (model preset, optimiser steps x batch size) and evaluated by
-:func:`kgdiff_diffusers.evaluation.evaluate_pipeline` on the same test nodes, real days and sampler. The
+process with the same fixed budget (model preset, optimiser steps x batch size), then evaluated in a fresh
+process by :func:`kgdiff_diffusers.evaluation.evaluate_pipeline` on the same test nodes, real days and
+sampler; ``--jobs`` models run side by side, each process with ``--threads`` OpenMP threads. The
 baselines (random training days, global mean profile, k = 1/3/5 nearest-training-node donors) come from the
 full model's evaluation of each seed (they depend on the seed only through their random draws and the
 compared days). Each figure is the mean and sample standard deviation over the seeds.
