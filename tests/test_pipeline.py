@@ -115,3 +115,17 @@ def test_mismatched_components_are_rejected():
             delay_window=32,
             delay_stride=9,
         )
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_sample_prediction_reaches_the_predicted_day_with_every_sampler(sampler):
+    """With prediction_type="sample" the denoiser predicts X_0; fast samplers step on Y = X - f, so the
+    pipeline must hand them Y_0 = X_0 - f. An oracle denoiser that always predicts one day must give it."""
+    pipe = make_tiny_pipeline()
+    pipe.scheduler = make_sampler(sampler, {**pipe.scheduler.config, "prediction_type": "sample"})
+    target_series = torch.randn(1, 1, 48, generator=torch.Generator().manual_seed(5))
+    target_image = pipe.delay_embedding.to_image(target_series)
+    pipe._predict_noise = lambda sample, t, condition, meta_image, batch_size: target_image.expand_as(sample)
+    out = generate(pipe, node_ids=["node2"], num_samples=2, num_inference_steps=10)
+    expected = (target_series[0, 0] * 10.0 + 50.0).numpy()  # the tiny pipeline's mean 50, std 10
+    np.testing.assert_allclose(out.series[0, :, :, 0], np.stack([expected, expected]), atol=1e-3)

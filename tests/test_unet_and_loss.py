@@ -87,3 +87,20 @@ def test_loss_without_meta_pattern_has_no_meta_term():
         torch.tensor([0, 1, 2, 0, 1]),
     )
     assert float(out.meta_pattern_loss) == 0.0 and torch.equal(out.loss, out.noise_loss)
+
+
+def test_meta_pattern_is_an_input_channel():
+    unet = KGDiffUNet2DModel(
+        sample_size=16,
+        num_features=2,
+        condition_dim=8,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    )
+    assert unet.unet.config.in_channels == 4 and unet.unet.config.out_channels == 2
+    sample, condition = torch.randn(3, 2, 16, 16), torch.randn(3, 8)
+    without = unet(sample, 4, condition).sample
+    assert torch.equal(without, unet(sample, 4, condition, meta_pattern=torch.zeros_like(sample)).sample)
+    assert not torch.allclose(without, unet(sample, 4, condition, meta_pattern=torch.ones_like(sample)).sample)

@@ -66,9 +66,10 @@ def kgdiff_loss(
         meta_image = None
         meta_loss = torch.zeros((), device=x0.device)
     noisy = scheduler.add_noise(x0, noise, timesteps, meta_pattern=meta_image)
-    predicted = unet(noisy, timesteps, phi).sample
+    predicted = unet(noisy, timesteps, phi, meta_pattern=meta_image).sample
+    target = x0 if scheduler.config.prediction_type == "sample" else noise
     window, columns = delay_embedding.window, delay_embedding.num_columns
-    noise_loss = F.mse_loss(predicted[..., :window, :columns], noise[..., :window, :columns])
+    noise_loss = F.mse_loss(predicted[..., :window, :columns], target[..., :window, :columns])
     return KGDiffLoss(
         loss=noise_loss + meta_pattern_weight * meta_loss, noise_loss=noise_loss, meta_pattern_loss=meta_loss
     )
@@ -91,6 +92,7 @@ class KGDiffModelConfig:
     condition_dim: int = 128
     num_train_timesteps: int = 200
     beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "sample"
     delay_window: int | None = None
     delay_stride: int | None = None
     block_out_channels: tuple[int, ...] = (64, 128, 128)
@@ -163,7 +165,11 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         if config.use_meta_pattern
         else None
     )
-    scheduler = KGDiffScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
+    scheduler = KGDiffScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+    )
     return KGDiffPipeline(
         unet=unet,
         condition_encoder=encoder,

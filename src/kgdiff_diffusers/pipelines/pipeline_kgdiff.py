@@ -189,12 +189,20 @@ class KGDiffPipeline(DiffusionPipeline):
         return (normalised * std + mean).transpose(-1, -2)
 
     def _predict_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor, batch_size: int
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        condition: torch.Tensor,
+        meta_image: torch.Tensor,
+        batch_size: int,
     ) -> torch.Tensor:
+        chunks = range(0, len(sample), batch_size)
         return torch.cat(
             [
-                self.unet(sample[i : i + batch_size], timestep, condition[i : i + batch_size]).sample
-                for i in range(0, len(sample), batch_size)
+                self.unet(
+                    sample[i : i + batch_size], timestep, condition[i : i + batch_size], meta_image[i : i + batch_size]
+                ).sample
+                for i in chunks
             ]
         )
 
@@ -265,12 +273,14 @@ class KGDiffPipeline(DiffusionPipeline):
             sample = randn_tensor(shape, generator=generator, device=self.device) * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps):
             if shifted:
-                noise = self._predict_noise(sample, t, condition, batch_size)
+                noise = self._predict_noise(sample, t, condition, meta_image, batch_size)
                 sample = self.scheduler.step(noise, t, sample, meta_pattern=meta_image, generator=generator).prev_sample
             else:
                 model_input = self.scheduler.scale_model_input(sample, t) + meta_image
-                noise = self._predict_noise(model_input, t, condition, batch_size)
-                sample = self.scheduler.step(noise, t, sample, **step_kwargs).prev_sample
+                prediction = self._predict_noise(model_input, t, condition, meta_image, batch_size)
+                if self.scheduler.config.prediction_type == "sample":  # X_0 -> Y_0 = X_0 - f
+                    prediction = prediction - meta_image
+                sample = self.scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
         if not shifted:
             sample = sample + meta_image
 
