@@ -17,7 +17,7 @@ install: $(STAMP)
 
 # The main job: synthetic city -> urban KG -> TuckER -> KGDiff training -> evaluation on unseen nodes.
 # It (re)writes demo_output/.
-DEMO_ARGS ?= --max_train_steps 1500 --checkpointing_steps 500 --validation_steps 500
+DEMO_ARGS ?= --max_train_steps 1000 --checkpointing_steps 500 --validation_steps 500
 
 demo: $(STAMP)
 	$(VENV)/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no \
