@@ -160,3 +160,14 @@ def test_built_from_a_knowledge_graph_index():
         condition_dim=3,
     )
     assert encoder().shape == (2, 3)
+
+
+def test_mobius_pointwise_experts_reduce_to_the_euclidean_one_below_the_clip_radius():
+    """Documents a property of eq. 14 as published: log_0(r (x)_c exp_0(t)) = r * t for any curvature c."""
+    encoder = random_encoder()
+    r = encoder.relation_embeddings[:4] * 0.3
+    t = encoder.entity_embeddings[:4] * 0.3
+    for geometry in ("hyperbolic", "spherical"):
+        torch.testing.assert_close(encoder._geometric_message(r, t, geometry), r * t, atol=1e-5, rtol=1e-4)
+    big = encoder.entity_embeddings[:4] * 100  # past the clip radius the experts do differ
+    assert not torch.allclose(encoder._geometric_message(r, big, "hyperbolic"), r * big)
