@@ -474,6 +474,8 @@ def encoder_scale_point(num_nodes: int, threads: int, repeats: int, seed: int, o
     modes = {"chunked": lambda: [encoder(rows) for rows in chunks]}
     if one_shot:
         modes["one_shot"] = encoder
+    with torch.no_grad():
+        encoder(chunks[0][:1])  # warm-up outside the memory window: geoopt compiles its TorchScript functions
     edges = int(encoder.config.num_edges)
     point = {"nodes": num_nodes, "entities": int(encoder.config.num_entities), "edges": edges}
     for mode, forward in modes.items():
