@@ -312,8 +312,10 @@ def bare_sampling_loop(
     scheduler.set_timesteps(steps)
     sample = torch.randn(meta_image.shape, generator=torch.Generator().manual_seed(seed))
     for t in scheduler.timesteps:
-        noise = pipe.unet(sample + meta_image, t, condition, meta_pattern=meta_image).sample
-        sample = scheduler.step(noise, t, sample).prev_sample
+        prediction = pipe.unet(sample + meta_image, t, condition, meta_pattern=meta_image).sample
+        if scheduler.config.prediction_type == "sample":  # X_0 -> Y_0 = X_0 - f, as the pipeline does
+            prediction = prediction - meta_image
+        sample = scheduler.step(prediction, t, sample).prev_sample
     return sample + meta_image
 
 
