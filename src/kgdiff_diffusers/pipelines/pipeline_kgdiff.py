@@ -176,7 +176,8 @@ class KGDiffPipeline(DiffusionPipeline):
         parts = []
         if len(node_ids):
             rows = torch.tensor(self.node_rows(node_ids), dtype=torch.long, device=self.device)
-            parts.append(self.condition_encoder(rows))
+            # Chunks bound the per-edge message memory (each chunk gathers only its own nodes' edges).
+            parts += [self.condition_encoder(chunk) for chunk in rows.split(1024)]
         if new_nodes:
             edges = self.new_node_edges(new_nodes)
             parts.append(self.condition_encoder.encode_neighbors(*edges, num_nodes=len(new_nodes)))
