@@ -48,14 +48,14 @@ TINY = [
 ]
 
 
-def launch(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def launch(*args: str, check: bool = True, num_processes: int = 1) -> subprocess.CompletedProcess:
     command = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--cpu",
         "--num_processes",
-        "1",
+        str(num_processes),
         "--num_machines",
         "1",
         "--mixed_precision",
@@ -128,3 +128,12 @@ def test_existing_output_and_bad_configs_fail_fast(trained_run, tmp_path):
     assert result.returncode != 0 and "unknown keys ['learning_rat']" in result.stderr
     result = launch("--dataset", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "y"), check=False)
     assert result.returncode != 0 and "not a prepared dataset folder" in result.stderr
+
+
+def test_two_cpu_processes_train_unchanged(tmp_path):
+    output = tmp_path / "ddp"
+    launch(*TINY, "--output_dir", str(output), num_processes=2)
+    assert (output / "model_index.json").is_file()
+    assert [p.name for p in sorted((output / "checkpoints").iterdir())] == ["checkpoint-3", "checkpoint-6"]
+    pipe = KGDiffPipeline.from_pretrained(output)
+    assert all(torch.isfinite(p).all() for p in pipe.unet.parameters())
