@@ -37,7 +37,9 @@ from tqdm.auto import tqdm
 
 from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
-from kgdiff_diffusers.kg.tucker import pretrain_tucker, save_kg_embeddings
+from kgdiff_diffusers.evaluation import evaluate_pipeline, markdown_table, write_report
+from kgdiff_diffusers.hub import push_pipeline
+from kgdiff_diffusers.kg.tucker import load_kg_embeddings, pretrain_tucker, save_kg_embeddings
 from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline, kgdiff_loss, training_samples
 
 logger = get_logger(__name__, log_level="INFO")
@@ -156,6 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--dataset and --output_dir are required (on the command line or in --config)")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id user/name")
+    if args.push_to_hub and not args.final_evaluation:
+        parser.error("--push_to_hub needs --final_evaluation: the model card's results come from its metrics.json")
     for name in (
         "train_batch_size",
         "max_train_steps",
@@ -222,8 +226,6 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
             result = pretrain_tucker(dataset.kg, embedding_dim=args.embedding_dim, epochs=args.tucker_epochs)
             save_kg_embeddings(embeddings_file, result.entity_embeddings, result.relation_embeddings)
         accelerator.wait_for_everyone()
-        from kgdiff_diffusers.kg.tucker import load_kg_embeddings
-
         dataset.entity_embeddings, dataset.relation_embeddings = load_kg_embeddings(embeddings_file)
     return dataset
 
@@ -269,8 +271,6 @@ def resolve_checkpoint(args: argparse.Namespace, checkpoint_dir: Path) -> Path |
 
 
 def validate(pipe, dataset, args: argparse.Namespace, final: bool = False):
-    from kgdiff_diffusers.evaluation import evaluate_pipeline
-
     return evaluate_pipeline(
         pipe,
         dataset,
@@ -432,8 +432,6 @@ def main(argv: list[str] | None = None) -> None:
         pipe.save_pretrained(args.output_dir)
         logger.info(f"saved the pipeline (EMA weights) to {args.output_dir}")
         if args.final_evaluation:
-            from kgdiff_diffusers.evaluation import markdown_table, write_report
-
             result = validate(pipe, dataset, args, final=True)
             write_report(result, args.output_dir, dataset.interval_minutes, list(dataset.feature_names))
             logger.info(
@@ -441,8 +439,6 @@ def main(argv: list[str] | None = None) -> None:
                 + markdown_table(result.metrics)
             )
         if args.push_to_hub:
-            from kgdiff_diffusers.hub import push_pipeline
-
             push_pipeline(args.output_dir, args.hub_model_id, private=args.hub_private)
     accelerator.end_training()
 
