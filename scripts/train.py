@@ -308,9 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     config = model_config(args)
     pipe = build_pipeline(dataset, config)
     pipe.set_progress_bar_config(disable=True)
-    days, node_rows = training_samples(dataset)
-    test_rows = set(dataset.test_rows.tolist())
-    assert not test_rows.intersection(node_rows.tolist()), "test nodes must never be trained on"
+    days, node_rows = training_samples(dataset)  # train nodes only; raises if the splits overlap
     logger.info(
         f"{dataset.name}: {len(days)} training days from {len(dataset.train_node_ids)} train nodes; "
         f"{len(dataset.test_node_ids)} test nodes held out; images {pipe.delay_embedding.image_size}^2"

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from diffusers.models.resnet import ResnetBlock2D
 
@@ -38,12 +39,8 @@ def test_unet_rejects_a_wrong_condition_shape():
         down_block_types=("DownBlock2D",) * 2,
         up_block_types=("UpBlock2D",) * 2,
     )
-    try:
+    with pytest.raises(ValueError, match="condition must be"):
         unet(torch.randn(2, 1, 16, 16), 3, torch.zeros(3, 8))
-    except ValueError as err:
-        assert "condition must be" in str(err)
-    else:
-        raise AssertionError("no error for a condition of the wrong batch size")
 
 
 def test_joint_training_lowers_the_loss_and_pulls_the_meta_pattern_to_the_node_profile():

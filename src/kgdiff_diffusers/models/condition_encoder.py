@@ -230,10 +230,17 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
             ``(num_nodes, condition_dim)`` condition ``phi``.
         """
         device = self.mixture.weight.device
-        if not self.config.use_guidance:
-            return torch.zeros(num_nodes, self.config.condition_dim, device=device, dtype=self.mixture.weight.dtype)
         edge_node, relation_id, neighbor_id = (x.to(device) for x in (edge_node, relation_id, neighbor_id))
         self.check_edges(edge_node, relation_id, neighbor_id, num_nodes, *self.embedding_sizes())
+        return self._aggregate(edge_node, relation_id, neighbor_id, num_nodes)
+
+    def _aggregate(
+        self, edge_node: torch.Tensor, relation_id: torch.Tensor, neighbor_id: torch.Tensor, num_nodes: int
+    ) -> torch.Tensor:
+        """Eq. 15 on an edge list that is already checked (the stored index is checked once, when built)."""
+        device = self.mixture.weight.device
+        if not self.config.use_guidance:
+            return torch.zeros(num_nodes, self.config.condition_dim, device=device, dtype=self.mixture.weight.dtype)
         messages = self.edge_messages(relation_id, neighbor_id)
         summed = torch.zeros(num_nodes, messages.shape[-1], device=device, dtype=messages.dtype)
         summed.index_add_(0, edge_node, messages)
@@ -254,7 +261,7 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
             ``(B, condition_dim)`` ``phi`` (``(num_nodes, condition_dim)`` for ``None``).
         """
         if node_rows is None:
-            return self.encode_neighbors(self.edge_node, self.edge_relation, self.edge_neighbor, self.config.num_nodes)
+            return self._aggregate(self.edge_node, self.edge_relation, self.edge_neighbor, self.config.num_nodes)
         node_rows = torch.as_tensor(node_rows, dtype=torch.long, device=self.edge_node.device)
         if len(node_rows) and (int(node_rows.min()) < 0 or int(node_rows.max()) >= self.config.num_nodes):
             raise ValueError(f"node rows must lie in [0, {self.config.num_nodes})")
@@ -262,7 +269,7 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         local_row = torch.full((self.config.num_nodes,), -1, dtype=torch.long, device=node_rows.device)
         local_row[unique_rows] = torch.arange(len(unique_rows), device=node_rows.device)
         keep = local_row[self.edge_node] >= 0
-        phi = self.encode_neighbors(
+        phi = self._aggregate(
             local_row[self.edge_node[keep]], self.edge_relation[keep], self.edge_neighbor[keep], len(unique_rows)
         )
         return phi[inverse]
