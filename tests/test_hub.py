@@ -10,6 +10,9 @@ import math
 import os
 import re
 import shutil
+import subprocess
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -136,6 +139,28 @@ def _copy_model(run: TinyRun, tmp_path: Path) -> Path:
 )
 def test_detect_flavour(name, flavour):
     assert hub.detect_flavour(name) == flavour
+
+
+def test_wheel_ships_the_card_templates(tmp_path):
+    """A non-editable install must find the templates: they are package data, not repository files."""
+    pytest.importorskip("setuptools")
+    repo_root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the repository
+    shutil.copytree(repo_root / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo_root / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w", str(tmp_path), "."],
+        cwd=source, check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("kgdiff_diffusers-*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if "/hub_cards/" in name}
+    templates = {
+        "kgdiff_diffusers/" + path.relative_to(hub.TEMPLATE_DIR.parent).as_posix()
+        for path in hub.TEMPLATE_DIR.rglob("*") if path.is_file()
+    }
+    assert {"kgdiff_diffusers/hub_cards/model_card.md", "kgdiff_diffusers/hub_cards/dataset_card.md"} <= templates
+    assert shipped == templates
 
 
 @pytest.mark.parametrize("flavour", hub.FLAVOURS)

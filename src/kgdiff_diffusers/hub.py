@@ -13,7 +13,7 @@ the node table (split ``train``); the repository is also a prepared-dataset fold
 ``PreparedDataset.load`` reads.
 
 Card templates (Jinja, rendered by ``ModelCard.from_template`` / ``DatasetCard.from_template``) live in
-``hub_cards/`` at the repository root: ``model_card.md``, ``dataset_card.md`` and one
+``hub_cards/`` inside the package (shipped as package data): ``model_card.md``, ``dataset_card.md`` and one
 ``flavours/<flavour>.yaml`` of text blocks per flavour (:data:`FLAVOURS`).
 """
 
@@ -56,7 +56,7 @@ from .schedulers.scheduling_kgdiff import SAMPLERS
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hub_cards"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "hub_cards"
 FLAVOURS = ("pems-bay", "metr-la", "nyc-bike", "generic")
 LIBRARY_NAME = "kgdiff-diffusers"
 DEFAULT_LICENSE = "apache-2.0"
@@ -137,7 +137,7 @@ def _template_dir(template_dir: str | os.PathLike | None) -> Path:
     folder = Path(template_dir) if template_dir is not None else TEMPLATE_DIR
     if not (folder / "model_card.md").is_file():
         raise FileNotFoundError(
-            f"card templates not found in {folder}: pass template_dir= (the repository's hub_cards/ folder)"
+            f"card templates not found in {folder}: pass template_dir= (laid out like the package's hub_cards/)"
         )
     return folder
 
@@ -327,7 +327,7 @@ def render_model_card(
         dataset_repo_id: Hub id of the dataset, for the card's ``datasets`` metadata and model-index;
             ``None`` = the dataset's name.
         license: Hub licence id of the weights.
-        template_dir: folder holding the templates (default: the repository's ``hub_cards/``).
+        template_dir: folder holding the templates (default: the package's ``hub_cards/``).
     """
     model_dir = Path(model_dir)
     index = read_model_index(model_dir)
@@ -591,7 +591,7 @@ def render_dataset_card(
         repo_id: dataset id used in the snippets; ``None`` = ``"<user>/<folder name>"``.
         flavour: one of :data:`FLAVOURS`; ``None`` = :func:`detect_flavour` of the dataset name.
         license: Hub licence id; ``None`` = the flavour's ``dataset_license``.
-        template_dir: folder holding the templates (default: the repository's ``hub_cards/``).
+        template_dir: folder holding the templates (default: the package's ``hub_cards/``).
     """
     return _dataset_card(_PreparedFolder.read(dataset_dir), repo_id, flavour, license, template_dir)
 
