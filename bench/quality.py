@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,8 @@ VARIANTS = {
     "w/o S": ("--no_spherical",),
     "w/o Meta Pattern": ("--no_meta_pattern",),
     "w/o Guidance": ("--no_guidance",),
+    # Not in the paper: eq. 15's mean with each relation weighing the same instead of each edge.
+    "KGDiff (relation mean)": ("--neighbor_weighting", "relation"),
 }
 BASELINE_LABELS = {
     "random_training_days": "random training days",
@@ -336,7 +339,7 @@ def run_unit(unit: Unit, data_dir: Path, args: argparse.Namespace) -> dict:
         ``methods`` holds the row's metrics, plus the baselines' for the full model.
     """
     budget = args.budget
-    variant_folder = unit.variant.lower().replace("w/o ", "no_").replace(" ", "_").replace("-", "_")
+    variant_folder = re.sub(r"[^a-z0-9]+", "_", unit.variant.lower().replace("w/o ", "no_")).strip("_")
     output_dir = (args.runs_dir / unit.dataset / f"{variant_folder}_seed{unit.seed}").resolve()
     command = train_command(data_dir, output_dir, unit.variant, unit.seed, budget)
     evaluation = {

@@ -34,6 +34,41 @@ def test_scatter_mean_equals_a_per_node_loop():
     torch.testing.assert_close(encoder(torch.tensor([3, 0, 3])), phi[[3, 0, 3]])
 
 
+def test_relation_weighting_averages_each_relation_first():
+    encoder = random_encoder(neighbor_weighting="relation")
+    phi = encoder()
+    for node in range(encoder.config.num_nodes):
+        mine = encoder.edge_node == node
+        relations, neighbors = encoder.edge_relation[mine], encoder.edge_neighbor[mine]
+        messages = encoder.edge_messages(relations, neighbors)
+        per_relation = [messages[relations == r].mean(0) for r in relations.unique()]
+        torch.testing.assert_close(phi[node], torch.sigmoid(torch.stack(per_relation).mean(0)))
+    torch.testing.assert_close(encoder(torch.tensor([5, 2, 5])), phi[[5, 2, 5]])
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "relation"])
+def test_edge_weights_sum_to_one_per_node(weighting):
+    encoder = random_encoder(neighbor_weighting=weighting)
+    weights = encoder.edge_weights(encoder.edge_node, encoder.edge_relation, encoder.config.num_nodes)
+    per_node = torch.zeros(encoder.config.num_nodes, dtype=weights.dtype).index_add_(0, encoder.edge_node, weights)
+    torch.testing.assert_close(per_node, torch.ones_like(per_node))
+
+
+def test_relation_weighting_gives_a_rare_relation_half_the_say():
+    """One neighbour of relation 0 against 99 of relation 1: uniform gives it 1 %, relation weighting 50 %."""
+    edges = (torch.zeros(100, dtype=torch.long), torch.tensor([0] + [1] * 99), torch.arange(100))
+    for weighting, expected in (("uniform", 0.01), ("relation", 0.5)):
+        encoder = KGConditionEncoder.from_knowledge_graph(
+            torch.randn(100, 4), torch.randn(2, 4), *edges, num_nodes=1, neighbor_weighting=weighting
+        )
+        assert encoder.edge_weights(edges[0], edges[1], 1)[0].item() == pytest.approx(expected)
+
+
+def test_unknown_neighbor_weighting_is_an_error():
+    with pytest.raises(ValueError, match="neighbor_weighting"):
+        random_encoder(neighbor_weighting="degree")
+
+
 def test_experts_follow_eq_14_with_geoopt_math():
     import geoopt.manifolds.stereographic.math as sm
 

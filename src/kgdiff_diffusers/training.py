@@ -100,6 +100,7 @@ class KGDiffModelConfig:
     norm_num_groups: int = 32
     meta_pattern_hidden_dim: int = 256
     train_embeddings: bool = True
+    neighbor_weighting: str = "uniform"
     use_geometry_moe: bool = True
     use_euclidean: bool = True
     use_hyperbolic: bool = True
@@ -148,6 +149,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         use_spherical=config.use_spherical,
         use_geometry_moe=config.use_geometry_moe,
         use_guidance=config.use_guidance,
+        neighbor_weighting=config.neighbor_weighting,
     )
     num_blocks = len(config.block_out_channels)
     unet = KGDiffUNet2DModel(

@@ -14,6 +14,7 @@ from torch import nn
 # Tangent vectors are clipped to this geodesic length (in units of 1/sqrt|k|) before expmap0: past ~3
 # float32 hyperbolic points saturate at the ball's edge and spherical ones wrap around (pi / 2).
 _MAX_TANGENT_RADIUS = {"hyperbolic": 3.0, "spherical": 0.49 * math.pi}
+NEIGHBOR_WEIGHTINGS = ("uniform", "relation")
 
 
 class KGConditionEncoder(ModelMixin, ConfigMixin):
@@ -45,6 +46,11 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
     ``M = W_m t`` (relation-blind, Euclidean); ``use_guidance=False`` returns ``phi = 0`` for every node
     (an unconditional model).
 
+    ``neighbor_weighting`` chooses the mean of eq. 15: ``"uniform"`` (as published) weighs every edge the
+    same, so a zone with 700 POIs and 5 adjacent zones is described almost only by its POIs;
+    ``"relation"`` first averages the messages of each relation, then averages those relation means (each
+    relation present at the node weighs the same, as in R-GCN's per-relation normalisation).
+
     The KG index (the edges of the training nodes) and the embeddings are buffers/parameters of the module,
     so ``save_pretrained`` writes them to safetensors with the weights.
 
@@ -57,6 +63,7 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         condition_dim: size of ``phi``.
         train_embeddings: fine-tune the embeddings (``True``) or keep them frozen (``False``).
         use_euclidean, use_hyperbolic, use_spherical, use_geometry_moe, use_guidance: ablation switches.
+        neighbor_weighting: ``"uniform"`` (eq. 15) or ``"relation"`` (each relation's mean weighs the same).
         init_hyperbolic_curvature: initial ``c1`` (< 0).
         init_spherical_curvature: initial ``c2`` (> 0).
     """
@@ -76,12 +83,15 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         use_spherical: bool = True,
         use_geometry_moe: bool = True,
         use_guidance: bool = True,
+        neighbor_weighting: str = "uniform",
         init_hyperbolic_curvature: float = -1.0,
         init_spherical_curvature: float = 1.0,
     ):
         super().__init__()
         if init_hyperbolic_curvature >= 0 or init_spherical_curvature <= 0:
             raise ValueError("init_hyperbolic_curvature must be < 0 and init_spherical_curvature > 0")
+        if neighbor_weighting not in NEIGHBOR_WEIGHTINGS:
+            raise ValueError(f"neighbor_weighting must be one of {NEIGHBOR_WEIGHTINGS}, got {neighbor_weighting!r}")
         self.experts = [
             name
             for name, used in (
@@ -242,10 +252,20 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         if not self.config.use_guidance:
             return torch.zeros(num_nodes, self.config.condition_dim, device=device, dtype=self.mixture.weight.dtype)
         messages = self.edge_messages(relation_id, neighbor_id)
-        summed = torch.zeros(num_nodes, messages.shape[-1], device=device, dtype=messages.dtype)
-        summed.index_add_(0, edge_node, messages)
-        counts = torch.bincount(edge_node, minlength=num_nodes).clamp_min(1).to(messages.dtype)
-        return torch.sigmoid(summed / counts.unsqueeze(-1))
+        weights = self.edge_weights(edge_node, relation_id, num_nodes).to(messages.dtype)
+        averaged = torch.zeros(num_nodes, messages.shape[-1], device=device, dtype=messages.dtype)
+        averaged.index_add_(0, edge_node, messages * weights.unsqueeze(-1))
+        return torch.sigmoid(averaged)
+
+    def edge_weights(self, edge_node: torch.Tensor, relation_id: torch.Tensor, num_nodes: int) -> torch.Tensor:
+        """``(E,)`` weights of the mean of eq. 15; they sum to 1 over each node's edges."""
+        if self.config.neighbor_weighting == "uniform":
+            return 1.0 / torch.bincount(edge_node, minlength=num_nodes)[edge_node]
+        num_relations = self.relation_embeddings.shape[0]
+        group = edge_node * num_relations + relation_id  # one group per (node, relation)
+        unique_groups, group_of_edge, edges_per_group = torch.unique(group, return_inverse=True, return_counts=True)
+        relations_per_node = torch.bincount(unique_groups // num_relations, minlength=num_nodes)
+        return 1.0 / (edges_per_group[group_of_edge] * relations_per_node[edge_node])
 
     def embedding_sizes(self) -> tuple[int, int]:
         """``(num_entities, num_relations)``."""
