@@ -131,9 +131,11 @@ def test_existing_output_and_bad_configs_fail_fast(trained_run, tmp_path):
 
 
 def test_two_cpu_processes_train_unchanged(tmp_path):
+    """Also the one run of the non-default relation-weighted mean of eq. 15 through the script."""
     output = tmp_path / "ddp"
-    launch(*TINY, "--output_dir", str(output), num_processes=2)
+    launch(*TINY, "--output_dir", str(output), "--neighbor_weighting", "relation", num_processes=2)
     assert (output / "model_index.json").is_file()
     assert [p.name for p in sorted((output / "checkpoints").iterdir())] == ["checkpoint-3", "checkpoint-6"]
     pipe = KGDiffPipeline.from_pretrained(output)
     assert all(torch.isfinite(p).all() for p in pipe.unet.parameters())
+    assert pipe.condition_encoder.config.neighbor_weighting == "relation"
