@@ -71,7 +71,19 @@ def reset_peak_memory() -> int:
 
 
 def peak_memory() -> int:
-    """Peak resident set size of this process in bytes (``getrusage`` ``ru_maxrss``, KiB on Linux)."""
+    """Peak resident set size of this process in bytes since the last :func:`reset_peak_memory`.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, which ``clear_refs`` resets. Not ``getrusage``: its ``ru_maxrss``
+    also keeps the RSS the process had before ``exec``, i.e. the forking parent's size in a spawned child.
+    Elsewhere: ``ru_maxrss`` (an upper bound).
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
