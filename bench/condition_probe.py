@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import machine_info, markdown_table
+from scipy import sparse
 
 from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.baselines import nearest_training_nodes
@@ -50,9 +51,16 @@ def donor_mae(profiles: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarra
     return float(np.abs(predicted - profiles[test_rows]).mean())
 
 
-def nearest_by_cosine(features: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray, k: int) -> np.ndarray:
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    similarity = unit[test_rows] @ unit[train_rows].T
+def nearest_by_cosine(
+    features: np.ndarray | sparse.csr_matrix, train_rows: np.ndarray, test_rows: np.ndarray, k: int
+) -> np.ndarray:
+    if sparse.issparse(features):
+        norms = np.sqrt(np.asarray(features.multiply(features).sum(axis=1))).ravel()
+        unit = sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ features
+        similarity = (unit[test_rows] @ unit[train_rows].T).toarray()
+    else:
+        unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        similarity = unit[test_rows] @ unit[train_rows].T
     return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
 
 
@@ -63,7 +71,7 @@ def nearest_by_euclidean(features: np.ndarray, train_rows: np.ndarray, test_rows
     return np.argsort(distance, axis=1, kind="stable")[:, :k]
 
 
-def kg_features(dataset: PreparedDataset) -> dict[str, tuple[np.ndarray, str]]:
+def kg_features(dataset: PreparedDataset) -> dict[str, tuple[np.ndarray | sparse.csr_matrix, str]]:
     """Feature name -> (``(N, F)`` features, metric) from the prepared KG and TuckER embeddings."""
     node_index, relation_id, neighbor_id = dataset.kg.neighbor_index(dataset.node_table["entity"].astype(str))
     num_nodes = len(dataset.node_ids)
@@ -71,8 +79,9 @@ def kg_features(dataset: PreparedDataset) -> dict[str, tuple[np.ndarray, str]]:
     messages = dataset.relation_embeddings[relation_id] * dataset.entity_embeddings[neighbor_id]
     tucker_mean = np.zeros((num_nodes, messages.shape[1]))
     np.add.at(tucker_mean, node_index, messages)
-    one_hot = np.zeros((num_nodes, dataset.kg.num_entities))
-    np.add.at(one_hot, (node_index, neighbor_id), 1.0)
+    one_hot = sparse.csr_matrix(
+        (np.ones(len(node_index)), (node_index, neighbor_id)), shape=(num_nodes, dataset.kg.num_entities)
+    )
     relations = np.unique(relation_id)
     degree = np.stack([np.bincount(node_index[relation_id == r], minlength=num_nodes) for r in relations], axis=1)
     return {
@@ -130,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.data / "prepared.json").is_file():
         parser.error(f"--data: {args.data} is not a prepared dataset folder (no prepared.json)")
     dataset = PreparedDataset.load(args.data)
+    num_train = int(dataset.day_mask[dataset.train_rows].any(axis=1).sum())
+    if not all(1 <= k <= num_train for k in args.k):
+        parser.error(f"--k: each value must lie in [1, {num_train}] (training nodes with data); got {args.k}")
     if dataset.entity_embeddings is None:
         parser.error(f"--data: {args.data} has no KG embeddings (run scripts/pretrain_kg.py on it)")
     rows = probe(dataset, args.model, args.k)
