@@ -17,6 +17,7 @@ from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import (
     MODEL_NAME,
     check_pipeline_matches,
+    evaluate_baselines,
     evaluate_pipeline,
     generate_for_nodes,
     markdown_table,
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINES = {"global_mean_profile", "random_training_days"} | {
     f"knn{k}_{kind}" for k in (1, 3, 5) for kind in ("profile", "days")
 }
-METRICS = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "jsd")
+METRICS = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "jsd", "crps", "spread_ratio", "out_of_range")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -100,6 +101,10 @@ def test_evaluate_script_writes_metrics_samples_report_and_pictures(tiny, tmp_pa
         assert all(isinstance(scores[name], float) and math.isfinite(scores[name]) for name in METRICS)
         assert 0.0 <= scores["jsd"] <= math.log(2) and 0.0 <= scores["mmd"] <= 10.0
         assert scores["rmse"] >= scores["mae"] > 0.0
+        assert scores["crps"] > 0.0 and scores["spread_ratio"] >= 0.0 and 0.0 <= scores["out_of_range"] <= 1.0
+    assert metrics["lower_bound"] == [0.0]  # synthetic counts are never negative
+    for profile in ("global_mean_profile", "knn3_profile"):  # a repeated day has no day-to-day spread
+        assert metrics["methods"][profile]["spread_ratio"] == 0.0
 
     # the global-mean baseline's MAE, computed here from the dataset alone
     train_days = dataset.days[dataset.train_rows][dataset.day_mask[dataset.train_rows]]
@@ -121,12 +126,14 @@ def test_evaluate_script_writes_metrics_samples_report_and_pictures(tiny, tmp_pa
     np.testing.assert_array_equal(arrays["generated_mask"].sum(axis=1), counts)
     # anyone can recompute the model's metrics from the samples file
     recomputed = evaluate_nodes(arrays["generated"], arrays["real"], arrays["real_mask"],
-                                arrays["generated_mask"], jsd_range=metrics["jsd_range"])
+                                arrays["generated_mask"], jsd_range=metrics["jsd_range"],
+                                lower_bound=metrics["lower_bound"])
     for name in METRICS:
         assert recomputed[name] == pytest.approx(metrics["methods"][MODEL_NAME][name], rel=1e-9)
 
     report = (out / "report.md").read_text()
-    assert "| method | MAE | RMSE | MMD | MMD-fixed | JSD |" in report
+    assert "| method | MAE | RMSE | MMD | MMD-fixed | JSD | CRPS | spread ratio | out of range |" in report
+    assert "Spread ratio: std of generated days" in report
     assert all(f"| {method} |" in report for method in BASELINES | {MODEL_NAME})
     assert "`ddim` with 3 inference steps" in report and "bw0" in report
     assert all(f"`{node_id}`" in report for node_id in dataset.test_node_ids)
@@ -172,6 +179,28 @@ def test_evaluate_pipeline_caps_days_per_node(tiny):
     assert result.metrics == again.metrics
 
 
+def test_validation_split_is_evaluated_and_baselines_alone_match(tiny):
+    dataset, pipe, _, _ = tiny
+    split = dataset.with_split(dataset.test_node_ids, dataset.train_node_ids[:3])
+    result = evaluate_pipeline(pipe, split, num_inference_steps=2, max_days_per_node=3, split="validation", seed=2)
+    assert result.metrics["split"] == "validation"
+    assert result.node_ids == result.metrics["test_node_ids"] == dataset.train_node_ids[:3]
+    assert not set(result.node_ids) & set(dataset.test_node_ids)
+    alone = evaluate_baselines(split, split="validation", seed=2, max_days_per_node=3)
+    assert alone["test_node_ids"] == result.node_ids and MODEL_NAME not in alone["methods"]
+    for name, scores in alone["methods"].items():
+        assert scores == result.metrics["methods"][name]
+    # the donors are the remaining train nodes only: never a validation or test node
+    donors = split.train_rows
+    assert len(donors) == len(dataset.train_rows) - 3
+    profile = split.days[donors][split.day_mask[donors]].astype(np.float64).mean(axis=0)
+    real_mask = result.real_mask
+    expected = np.mean([np.abs(result.real[n][real_mask[n]].mean(axis=0) - profile).mean() for n in range(3)])
+    assert alone["methods"]["global_mean_profile"]["mae"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="split must be one of"):
+        evaluate_baselines(split, split="valid")
+
+
 def test_pipeline_dataset_mismatch_is_a_clear_error(tiny):
     dataset, pipe, _, _ = tiny
     renamed = dataset.node_table.copy()
@@ -190,11 +219,16 @@ def test_markdown_table_marks_the_best_value_per_column():
     }}
     lines = markdown_table(metrics).splitlines()
     assert lines[0].startswith("| method | MAE | RMSE | MMD | MMD-fixed | JSD |")
-    assert lines[2] == ("| KGDiff | **1.000** | 2.000 | 0.5000 | n/a | **0.1000** | "
+    assert lines[2] == ("| KGDiff | **1.000** | 2.000 | 0.5000 | n/a | **0.1000** | n/a | n/a | n/a | "
                         "this pipeline, conditioned on the node's KG neighbourhood |")
-    assert lines[3] == ("| knn3_days | 1.500 | **1.900** | **0.2500** | n/a | 0.2000 | "
+    assert lines[3] == ("| knn3_days | 1.500 | **1.900** | **0.2500** | n/a | 0.2000 | n/a | n/a | n/a | "
                         "random days of the k=3 nearest training nodes |")
     assert lines[4].startswith("| knn5_days | **1.000** | 2.500 |")  # equal when rounded: bold as well
+    spread = {"methods": {"a": {"spread_ratio": 0.5, "out_of_range": 0.06}, "b": {"spread_ratio": 1.2,
+                                                                                  "out_of_range": 0.0}}}
+    rows = markdown_table(spread).splitlines()
+    assert "| 0.500 |" in rows[2] and "| 6.00% |" in rows[2]
+    assert "| **1.200** |" in rows[3] and "| **0.00%** |" in rows[3]  # nearest to 1 is the best spread
 
 
 def test_new_node_neighbors_reads_both_directions_and_drops_unknown_names():

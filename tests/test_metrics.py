@@ -7,11 +7,15 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 
 from kgdiff_diffusers.metrics import (
+    crps,
     evaluate_nodes,
     jsd,
     mean_day_errors,
     mean_pairwise_squared_distance,
     mmd,
+    out_of_range_share,
+    physical_lower_bound,
+    spread_ratio,
 )
 
 
@@ -109,6 +113,58 @@ def test_jsd_equals_squared_scipy_distance_on_the_same_histograms():
     assert 0.0 < expected < math.log(2)
 
 
+def naive_crps(generated: np.ndarray, real: np.ndarray) -> float:
+    """E|X - y| - E|X - X'| / 2 over all ensemble pairs, as loops over real days and values."""
+    g = np.asarray(generated, dtype=np.float64).reshape(len(generated), -1)
+    r = np.asarray(real, dtype=np.float64).reshape(len(real), -1)
+    scores = []
+    for day in r:
+        for f, y in enumerate(day):
+            members = g[:, f]
+            spread = sum(abs(a - b) for a in members for b in members) / len(members) ** 2
+            scores.append(np.mean(np.abs(members - y)) - 0.5 * spread)
+    return float(np.mean(scores))
+
+
+def test_crps_by_hand_and_against_loops():
+    ensemble = np.array([0.0, 2.0, 4.0]).reshape(3, 1, 1)
+    # y = 1: E|X - 1| = 5/3, E|X - X'| = 16/9 -> 7/9; y = 5: 3 - 8/9 = 19/9; mean 13/9.
+    assert crps(ensemble, np.array([1.0]).reshape(1, 1, 1)) == pytest.approx(7 / 9)
+    assert crps(ensemble, np.array([1.0, 5.0]).reshape(2, 1, 1)) == pytest.approx(13 / 9)
+    # A point mass is scored by its absolute error alone; an exact point forecast scores 0.
+    assert crps(np.full((4, 1, 1), 2.0), np.array([5.0, 1.0]).reshape(2, 1, 1)) == pytest.approx(2.0)
+    assert crps(np.full((3, 2, 1), 7.0), np.full((2, 2, 1), 7.0)) == 0.0
+    rng = np.random.default_rng(5)
+    generated, real = rng.normal(size=(6, 5, 2)), rng.normal(0.3, 1.5, size=(4, 5, 2))
+    assert crps(generated, real) == pytest.approx(naive_crps(generated, real), rel=1e-12)
+    with pytest.raises(ValueError, match="day sizes differ"):
+        crps(generated, real[:, :4])
+
+
+def test_spread_ratio_by_hand_skips_constant_real_steps():
+    # step 0: std(0, 2) = sqrt 2 vs std(1, 2, 3) = 1; step 1: real constant (left out);
+    # step 2: std(0, 4) = 2 sqrt 2 vs std(0, 2, 1) = 1 -> mean (sqrt 2 + 2 sqrt 2) / 2.
+    generated = np.array([[0.0, 1.0, 0.0], [2.0, 1.0, 4.0]]).reshape(2, 3, 1)
+    real = np.array([[1.0, 4.0, 0.0], [2.0, 4.0, 2.0], [3.0, 4.0, 1.0]]).reshape(3, 3, 1)
+    assert spread_ratio(generated, real) == pytest.approx(1.5 * math.sqrt(2))
+    assert spread_ratio(real, real) == pytest.approx(1.0)
+    assert spread_ratio(np.repeat(real[:1], 4, axis=0), real) == 0.0  # a repeated profile has no spread
+    assert math.isnan(spread_ratio(generated, np.full((3, 3, 1), 4.0)))
+    with pytest.raises(ValueError, match=">= 2 generated and >= 2 real"):
+        spread_ratio(generated[:1], real)
+
+
+def test_physical_lower_bound_and_out_of_range_share():
+    train = np.array([[0.0, -1.0], [3.0, 2.0]])  # feature 0 never negative, feature 1 can be
+    bound = physical_lower_bound(train)
+    assert bound[0] == 0.0 and bound[1] == -np.inf
+    generated = np.array([[[-1.0, -5.0], [0.0, -3.0]], [[2.0, 1.0], [-0.5, 0.0]]])  # (2 days, 2 steps, 2)
+    assert out_of_range_share(generated, bound) == pytest.approx(2 / 8)
+    assert out_of_range_share(generated, 0.0) == pytest.approx(4 / 8)
+    with pytest.raises(ValueError, match="one bound per feature"):
+        out_of_range_share(generated, [0.0, 0.0, 0.0])
+
+
 def _toy_nodes():
     rng = np.random.default_rng(4)
     real = rng.gamma(2.0, 10.0, size=(3, 6, 4, 2))
@@ -134,6 +190,13 @@ def test_evaluate_nodes_per_node_values_and_means():
         expected_jsd = np.mean([jsd(generated[node][..., d], node_real[..., d], tuple(ranges[d]), bins=10)
                                 for d in range(2)])
         assert result["per_node"]["jsd"][node] == pytest.approx(expected_jsd)
+        assert result["per_node"]["crps"][node] == pytest.approx(naive_crps(generated[node], node_real))
+        assert result["per_node"]["out_of_range"][node] == 0.0  # gamma values are never negative
+    for node in range(2):
+        expected_spread = spread_ratio(generated[node], real[node][real_mask[node]])
+        assert result["per_node"]["spread_ratio"][node] == pytest.approx(expected_spread)
+    assert np.isnan(result["per_node"]["spread_ratio"][2]) and result["num_nodes_spread_ratio"] == 2
+    assert result["lower_bound"] == [0.0, 0.0]
     assert result["per_node"]["num_real_days"].tolist() == [6, 3, 1]
     # A single real day has no pairwise distance: the fixed-bandwidth MMD is undefined there.
     assert np.isnan(result["per_node"]["mmd_fixed_bandwidth"][2])
@@ -141,8 +204,12 @@ def test_evaluate_nodes_per_node_values_and_means():
     assert result["mmd_fixed_bandwidth"] == pytest.approx(
         np.mean([naive_mmd(generated[n], real[n][real_mask[n]], fixed_from_y=True) for n in range(2)])
     )
-    for name in ("mae", "rmse", "mmd", "jsd"):
+    for name in ("mae", "rmse", "mmd", "jsd", "crps", "out_of_range"):
         assert result[name] == pytest.approx(np.mean(result["per_node"][name]))
+    assert result["spread_ratio"] == pytest.approx(np.mean(result["per_node"]["spread_ratio"][:2]))
+    shifted = evaluate_nodes(generated - 30.0, real, real_mask, lower_bound=[0.0, -np.inf])
+    assert shifted["out_of_range"] == pytest.approx(np.mean((generated - 30.0)[..., 0] < 0) / 2)
+    assert shifted["lower_bound"] == [0.0, None]
     assert result["rmse_pooled"] == pytest.approx(np.sqrt(np.mean(result["per_node"]["rmse"] ** 2)))
 
 
@@ -151,8 +218,11 @@ def test_evaluate_nodes_generated_mask_and_perfect_generator():
     # Generating exactly the real days of each node (padded, masked) scores zero everywhere.
     copy = np.where(real_mask[..., None, None], real, 0.0)
     result = evaluate_nodes(copy, real, real_mask, generated_mask=real_mask)
-    for name in ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "jsd"):
+    for name in ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "jsd", "out_of_range"):
         assert result[name] == pytest.approx(0.0, abs=1e-12)
+    assert result["spread_ratio"] == pytest.approx(1.0)
+    # The real days as an ensemble still have spread: CRPS = E|X - X'| / 2 > 0, and a wider ensemble is worse.
+    assert 0.0 < result["crps"] < evaluate_nodes(generated * 3.0, real, real_mask)["crps"]
     assert result["per_node"]["num_generated_days"].tolist() == [6, 3, 1]
 
 

@@ -28,15 +28,26 @@ from matplotlib.figure import Figure
 
 from .baselines import all_baselines
 from .kg.graph import INVERSE_SUFFIX
-from .metrics import DEFAULT_JSD_BINS, evaluate_nodes
+from .metrics import DEFAULT_JSD_BINS, NODE_METRICS, evaluate_nodes, physical_lower_bound
 from .plotting import GENERATED_COLOR, plot_daily_profiles, plot_tsne, plot_value_kde
 from .schedulers.scheduling_kgdiff import make_sampler
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "KGDiff"
-METRIC_NAMES = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "jsd")
-METRIC_LABELS = {"mae": "MAE", "rmse": "RMSE", "mmd": "MMD", "mmd_fixed_bandwidth": "MMD-fixed", "jsd": "JSD"}
+METRIC_NAMES = NODE_METRICS
+METRIC_LABELS = {
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "mmd": "MMD",
+    "mmd_fixed_bandwidth": "MMD-fixed",
+    "jsd": "JSD",
+    "crps": "CRPS",
+    "spread_ratio": "spread ratio",
+    "out_of_range": "out of range",
+}
+# The best value of a metric: the lowest, except the spread ratio, whose ideal is 1.
+METRIC_TARGETS = {"spread_ratio": 1.0}
 MMD_BANDWIDTH_NOTE = (
     "MMD: bw0 = mean squared pairwise distance of the node's pooled real + generated days (KSTDiff); "
     "MMD-fixed: bw0 = mean squared pairwise distance of the node's real days only"
@@ -58,8 +69,8 @@ class EvaluationResult:
     """Metrics and the arrays behind them, all in data units.
 
     Attributes:
-        metrics: the ``metrics.json`` dict (``methods`` -> method name -> ``mae, rmse, mmd,
-            mmd_fixed_bandwidth, jsd``, plus dataset, nodes, sampler and metric settings).
+        metrics: the ``metrics.json`` dict (``methods`` -> method name -> the metrics of
+            :data:`METRIC_NAMES`, plus dataset, split, nodes, sampler and metric settings).
         node_ids: ``(N,)`` the evaluated test nodes.
         generated: ``(N, S_gen, T, D)`` KGDiff days; ``generated_mask`` ``(N, S_gen)`` bool, the days used.
         real: ``(N, S, T, D)`` the dataset's days of these nodes (the dataset's day axis, ``dates``);
@@ -76,16 +87,16 @@ class EvaluationResult:
     dates: list[str]
 
 
-def check_pipeline_matches(pipe, dataset) -> None:
-    """Raises ``ValueError`` unless ``pipe`` can be evaluated on ``dataset``'s test nodes.
+def check_pipeline_matches(pipe, dataset, split: str = "test") -> None:
+    """Raises ``ValueError`` unless ``pipe`` can be evaluated on the nodes of ``dataset``'s ``split``.
 
-    The pipeline must know every test node id and produce the dataset's features and day length.
+    The pipeline must know every node id of the split and produce the dataset's features and day length.
     """
     known = set(pipe.config.node_ids)
-    missing = [node_id for node_id in dataset.test_node_ids if node_id not in known]
+    missing = [node_id for node_id in dataset.split_node_ids(split) if node_id not in known]
     if missing:
         raise ValueError(
-            f"the pipeline does not know {len(missing)} test node(s) of dataset {dataset.name!r}, e.g. "
+            f"the pipeline does not know {len(missing)} {split} node(s) of dataset {dataset.name!r}, e.g. "
             f"{missing[:5]}: evaluate a pipeline trained on this prepared dataset (same node table)"
         )
     if list(pipe.config.feature_names) != list(dataset.feature_names):
@@ -170,7 +181,7 @@ def _compared_days(day_mask: np.ndarray, max_days_per_node: int | None, seed: in
 
 
 def _method_metrics(scores: dict) -> dict:
-    """The five metric means of :func:`evaluate_nodes`; NaN (undefined) becomes None for JSON."""
+    """The metric means of :func:`evaluate_nodes`; NaN (undefined) becomes None for JSON."""
     return {name: (scores[name] if math.isfinite(scores[name]) else None) for name in METRIC_NAMES}
 
 
@@ -186,15 +197,18 @@ def evaluate_pipeline(
     max_days_per_node: int | None = None,
     batch_size: int = 256,
     jsd_bins: int = DEFAULT_JSD_BINS,
+    split: str = "test",
 ) -> EvaluationResult:
-    """KGDiff and every baseline on ``dataset``'s test nodes, in the ``metrics.json`` format.
+    """KGDiff and every baseline on the unseen nodes of ``dataset``'s ``split``, in the ``metrics.json`` format.
 
-    Test nodes without a valid day are left out (logged). For each remaining node the compared real days
+    Nodes without a valid day are left out (logged). For each remaining node the compared real days
     are its valid days (a seeded random subset of at most ``max_days_per_node`` of them, to keep
     validation during training cheap); every method generates as many days per node (or
-    ``samples_per_node`` for every node). Baselines draw from the training nodes only. The JSD histogram
-    range of each feature is the min/max of the compared real values of all test nodes, shared by all
-    methods.
+    ``samples_per_node`` for every node). Baselines draw from the training nodes only (never the
+    validation or test nodes). The JSD histogram range of each feature is the min/max of the compared real
+    values of all evaluated nodes, and the out-of-range bound is
+    :func:`~kgdiff_diffusers.metrics.physical_lower_bound` of the training nodes' valid days; both are shared
+    by all methods.
 
     Args:
         pipe: a :class:`~kgdiff_diffusers.KGDiffPipeline` trained on ``dataset``'s node table.
@@ -206,59 +220,95 @@ def evaluate_pipeline(
         ks: donor counts of the kNN baselines.
         max_days_per_node: at most this many real days compared per node; ``None`` = all.
         jsd_bins: histogram bins of the JSD.
+        split: the evaluated nodes, ``"test"`` or ``"validation"`` (the training side's held-out nodes).
 
     Returns:
-        :class:`EvaluationResult`.
+        :class:`EvaluationResult`; ``metrics["test_node_ids"]`` / ``["num_test_nodes"]`` name the evaluated
+        nodes of ``split`` (``metrics["split"]``).
     """
-    check_pipeline_matches(pipe, dataset)
-    test_rows = dataset.test_rows
-    with_days = dataset.day_mask[test_rows].any(axis=1)
+    check_pipeline_matches(pipe, dataset, split)
+
+    def generate(node_ids: list[str], counts) -> tuple[np.ndarray, np.ndarray]:
+        return generate_for_nodes(pipe, node_ids, counts, num_inference_steps, sampler, seed, batch_size)
+
+    result = _evaluate(dataset, split, generate, seed, samples_per_node, include_baselines, ks,
+                       max_days_per_node, jsd_bins)
+    result.metrics.update(sampler=sampler, num_inference_steps=int(num_inference_steps))
+    return result
+
+
+def evaluate_baselines(
+    dataset,
+    split: str = "test",
+    seed: int = 0,
+    samples_per_node: int | None = None,
+    ks: Sequence[int] = (1, 3, 5),
+    max_days_per_node: int | None = None,
+    jsd_bins: int = DEFAULT_JSD_BINS,
+) -> dict:
+    """The baselines alone on the nodes of ``split``, scored as :func:`evaluate_pipeline` scores them.
+
+    With the same ``seed`` and ``max_days_per_node`` the compared days, draws and scores equal those of
+    :func:`evaluate_pipeline` (whose generated day counts are the same). Returns the ``metrics.json`` dict.
+    """
+    return _evaluate(dataset, split, None, seed, samples_per_node, True, ks, max_days_per_node, jsd_bins).metrics
+
+
+def _evaluate(dataset, split, generate, seed, samples_per_node, include_baselines, ks, max_days_per_node,
+              jsd_bins) -> EvaluationResult:
+    """Shared body of :func:`evaluate_pipeline` (``generate`` = the model) and :func:`evaluate_baselines`."""
+    rows = dataset.split_rows(split)
+    with_days = dataset.day_mask[rows].any(axis=1)
     if not with_days.any():
-        raise ValueError(f"dataset {dataset.name!r}: no test node has a valid day; nothing to evaluate")
+        raise ValueError(f"dataset {dataset.name!r}: no {split} node has a valid day; nothing to evaluate")
     if not with_days.all():
-        logger.warning("left out %d test node(s) without a valid day: %s", int((~with_days).sum()),
-                       [dataset.node_ids[row] for row in test_rows[~with_days]])
-    test_rows = test_rows[with_days]
-    node_ids = [dataset.node_ids[row] for row in test_rows]
-    real = dataset.days[test_rows]
-    real_mask = _compared_days(dataset.day_mask[test_rows], max_days_per_node, seed)
+        logger.warning("left out %d %s node(s) without a valid day: %s", int((~with_days).sum()), split,
+                       [dataset.node_ids[row] for row in rows[~with_days]])
+    rows = rows[with_days]
+    node_ids = [dataset.node_ids[row] for row in rows]
+    real = dataset.days[rows]
+    real_mask = _compared_days(dataset.day_mask[rows], max_days_per_node, seed)
     counts = real_mask.sum(axis=1) if samples_per_node is None else samples_per_node
-    generated, generated_mask = generate_for_nodes(
-        pipe, node_ids, counts, num_inference_steps, sampler, seed, batch_size
-    )
+    if generate is not None:
+        generated, generated_mask = generate(node_ids, counts)
+        methods = {MODEL_NAME: generated}
+    else:
+        counts = np.broadcast_to(np.asarray(counts, dtype=np.int64), (len(node_ids),))
+        generated_mask = np.arange(counts.max())[None, :] < counts[:, None]
+        generated, methods = None, {}
     compared = real[real_mask]
     jsd_range = np.stack([compared.min(axis=(0, 1)), compared.max(axis=(0, 1))], axis=1).astype(np.float64)
-    methods = {MODEL_NAME: generated}
+    train_rows = dataset.train_rows
+    lower_bound = physical_lower_bound(dataset.days[train_rows][dataset.day_mask[train_rows]])
     if include_baselines:
-        train_rows = dataset.train_rows
         coords = dataset.node_table[["lat", "lon"]].to_numpy(dtype=np.float64)
         methods.update(all_baselines(
-            dataset.days[train_rows], dataset.day_mask[train_rows], coords[train_rows], coords[test_rows],
-            num_samples=generated.shape[1], ks=ks, seed=seed,
+            dataset.days[train_rows], dataset.day_mask[train_rows], coords[train_rows], coords[rows],
+            num_samples=generated_mask.shape[1], ks=ks, seed=seed,
         ))
     scores = {
-        name: _method_metrics(evaluate_nodes(days, real, real_mask, generated_mask, jsd_bins, jsd_range))
+        name: _method_metrics(
+            evaluate_nodes(days, real, real_mask, generated_mask, jsd_bins, jsd_range, lower_bound)
+        )
         for name, days in methods.items()
     }
     metrics = {
         "dataset": dataset.name,
-        "split": "test",
+        "split": split,
         "num_test_nodes": len(node_ids),
         "test_node_ids": node_ids,
-        "sampler": sampler,
-        "num_inference_steps": int(num_inference_steps),
         "mmd_bandwidth": MMD_BANDWIDTH_NOTE,
         "jsd_bins": int(jsd_bins),
         "jsd_range": jsd_range.tolist(),
         "jsd_log_base": "e",
+        "lower_bound": [float(b) if math.isfinite(b) else None for b in lower_bound],
+        "spread_ratio_std": "sample std (ddof 1) per step and feature; constant real steps left out",
         "seed": int(seed),
         "num_real_days": int(real_mask.sum()),
         "max_days_per_node": max_days_per_node,
         "methods": scores,
     }
-    return EvaluationResult(
-        metrics, node_ids, generated, generated_mask, real, real_mask, list(dataset.dates)
-    )
+    return EvaluationResult(metrics, node_ids, generated, generated_mask, real, real_mask, list(dataset.dates))
 
 
 def _describe(method: str) -> str:
@@ -268,18 +318,30 @@ def _describe(method: str) -> str:
     return METHOD_DESCRIPTIONS.get(method, "")
 
 
-def _format_metric(name: str, value: float | None) -> str:
-    """3 decimals for MAE/RMSE (data units), 4 for MMD/JSD; ``n/a`` when undefined."""
+def format_metric(name: str, value: float | None) -> str:
+    """3 decimals for MAE/RMSE/CRPS (data units) and the spread ratio, 4 for MMD/JSD, the out-of-range share
+    in percent; ``n/a`` when undefined."""
     if value is None:
         return "n/a"
-    return f"{value:.3f}" if name in ("mae", "rmse") else f"{value:.4f}"
+    if name == "out_of_range":
+        return f"{100.0 * value:.2f}%"
+    return f"{value:.3f}" if name in ("mae", "rmse", "crps", "spread_ratio") else f"{value:.4f}"
+
+
+def best_value(name: str, values: Sequence[float]) -> float | None:
+    """The best of ``values`` for metric ``name``: the lowest, or the nearest to 1 for the spread ratio."""
+    values = [value for value in values if value is not None]
+    if not values:
+        return None
+    target = METRIC_TARGETS.get(name)
+    return min(values) if target is None else min(values, key=lambda value: abs(value - target))
 
 
 def markdown_table(metrics: dict) -> str:
-    """A Markdown table of every method in ``metrics["methods"]`` (rows) by MAE/RMSE/MMD/MMD-fixed/JSD.
+    """A Markdown table of every method in ``metrics["methods"]`` (rows) by the metrics of :data:`METRIC_NAMES`.
 
-    The best (lowest) value of each column is bold, and so is every value that rounds to the same text; an
-    undefined value is shown as ``n/a``.
+    The best value of each column (:func:`best_value`) is bold, and so is every value that rounds to the same
+    text; an undefined value is shown as ``n/a``.
 
     Args:
         metrics: a ``metrics.json`` dict (see :func:`evaluate_pipeline`).
@@ -288,10 +350,10 @@ def markdown_table(metrics: dict) -> str:
         The table, one line per row, ending with a newline.
     """
     methods = metrics["methods"]
-    best = {}
-    for name in METRIC_NAMES:
-        values = [scores[name] for scores in methods.values() if scores.get(name) is not None]
-        best[name] = _format_metric(name, min(values)) if values else None
+    best = {
+        name: format_metric(name, best_value(name, [scores.get(name) for scores in methods.values()]))
+        for name in METRIC_NAMES
+    }
     lines = [
         "| method | " + " | ".join(METRIC_LABELS[name] for name in METRIC_NAMES) + " | description |",
         "|---|" + "---:|" * len(METRIC_NAMES) + "---|",
@@ -299,8 +361,8 @@ def markdown_table(metrics: dict) -> str:
     for method, scores in methods.items():
         cells = []
         for name in METRIC_NAMES:
-            text = _format_metric(name, scores.get(name))
-            cells.append(f"**{text}**" if text == best[name] else text)
+            text = format_metric(name, scores.get(name))
+            cells.append(f"**{text}**" if text == best[name] and text != "n/a" else text)
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {_describe(method)} |")
     return "\n".join(lines) + "\n"
 
@@ -344,16 +406,23 @@ def write_report(
         f"# KGDiff evaluation: {metrics['dataset']}",
         "",
         f"Generated {stamp}. Sampler `{metrics['sampler']}` with {metrics['num_inference_steps']} inference "
-        f"steps, seed {metrics['seed']}. {metrics['num_test_nodes']} unseen test nodes, "
+        f"steps, seed {metrics['seed']}. {metrics['num_test_nodes']} unseen {metrics.get('split', 'test')} nodes, "
         f"{metrics['num_real_days']} real days compared; every method generates as many days per node as the "
         "node has real days. All values in data units "
-        f"({', '.join(feature_names)}); lower is better, the best of each column is bold.",
+        f"({', '.join(feature_names)}); lower is better (spread ratio: nearest to 1), the best of each column "
+        "is bold.",
         "",
         markdown_table(metrics),
         "- MAE / RMSE: between each node's mean generated day and mean real day, averaged over nodes.",
         f"- {metrics['mmd_bandwidth']}.",
         f"- JSD: natural log (at most ln 2), {metrics['jsd_bins']} bins over the real test values' range "
         f"{metrics['jsd_range']} (per feature) plus under/overflow bins, shared by all methods.",
+        "- CRPS: the generated days as an ensemble forecast of each real day, per step and feature "
+        "(E|X - y| - E|X - X'|/2), averaged; data units.",
+        "- Spread ratio: std of generated days / std of real days (ddof 1) per step and feature, averaged over "
+        "the steps whose real days are not all equal; 1 is right, 0 = no day-to-day variation.",
+        f"- Out of range: share of generated values below the physical lower bound {metrics['lower_bound']} "
+        "(0 for a feature whose training values are never negative; None = no bound).",
         "",
         "Test nodes: " + ", ".join(f"`{node_id}`" for node_id in metrics["test_node_ids"]),
         "",

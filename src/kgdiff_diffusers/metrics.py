@@ -29,6 +29,20 @@ days ``g_1..g_m`` and real days ``r_1..r_n``, each flattened to a vector of ``F 
   ``d`` is the min/max of the real values of feature ``d`` over all test nodes' valid days (one range for
   every node, so the bins are comparable between nodes); a degenerate range ``lo == hi`` is widened to
   ``[lo - 0.5, hi + 0.5]`` (as ``numpy.histogram`` does).
+* **CRPS** of the generated days as an ensemble forecast of each real day, per step and feature: for a value
+  ``y = r_i[f]`` and the ensemble ``x_j = g_j[f]``, ``CRPS = (1/m) sum_j |x_j - y| - (1/(2 m^2)) sum_{j,j'}
+  |x_j - x_j'|`` (the CRPS of the ensemble's empirical distribution, all ``m^2`` pairs), averaged over the ``n``
+  real days and the ``F`` values; data units, 0 only when every member equals every real value. Computed with
+  ``scoringrules.crps_ensemble`` (its ``"qd"`` estimator, which equals this energy form in O(m log m)).
+* **Spread ratio**: for each step and feature ``f``, ``s_g[f] / s_r[f]`` with the sample standard deviations
+  (ddof = 1) of ``g_1[f]..g_m[f]`` and ``r_1[f]..r_n[f]``, averaged over the values ``f`` whose real days are
+  not all equal (``max_i r_i[f] > min_i r_i[f]``; a constant real step, e.g. zero trips every night, has no
+  spread to match and is left out). 1.0 is right, below 1 under-dispersed, 0 for a repeated profile. Undefined
+  (NaN) for a node with fewer than 2 generated or real days or no non-constant step.
+* **Out-of-range share**: the fraction of the ``m * F`` generated values below the feature's physical lower
+  bound. :func:`physical_lower_bound` sets it from the *training* nodes' real values: 0 for a feature whose
+  training values are all >= 0 (counts, flows, speeds: a negative value is impossible), no bound (``-inf``)
+  otherwise. There is no upper bound (no physical maximum is known from the data).
 """
 
 from __future__ import annotations
@@ -37,9 +51,12 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import scoringrules
 import torch
 
 DEFAULT_JSD_BINS = 50
+# Per-node metrics of evaluate_nodes, averaged over the nodes where they are defined.
+NODE_METRICS = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "jsd", "crps", "spread_ratio", "out_of_range")
 MMD_NUM_KERNELS = 5
 MMD_KERNEL_MUL = 2.0
 
@@ -143,6 +160,83 @@ def mmd(generated_days: np.ndarray, real_days: np.ndarray, bandwidth: float | No
     return float(kernel[:m, :m].mean() + kernel[m:, m:].mean() - 2.0 * kernel[:m, m:].mean())
 
 
+def crps(generated_days: np.ndarray, real_days: np.ndarray) -> float:
+    """Ensemble CRPS of one node's generated days against each of its real days (module docstring).
+
+    Args:
+        generated_days: ``(m, T, D)`` generated days (the ensemble), data units.
+        real_days: ``(n, T, D)`` real days (the observations), data units.
+
+    Returns:
+        The mean over real days, steps and features of ``E|X - y| - E|X - X'| / 2``, data units.
+    """
+    generated = _flatten_days(generated_days, "generated_days")
+    real = _flatten_days(real_days, "real_days")
+    if generated.shape[1] != real.shape[1]:
+        raise ValueError(f"generated_days {generated.shape} and real_days {real.shape}: day sizes differ")
+    ensemble = np.broadcast_to(np.sort(generated.T, axis=-1), (real.shape[0], *generated.T.shape))  # (n, F, m)
+    scores = scoringrules.crps_ensemble(
+        real, ensemble, m_axis=-1, estimator="qd", sorted_ensemble=True, backend="numpy"
+    )  # (n, F)
+    return float(np.mean(scores))
+
+
+def spread_ratio(generated_days: np.ndarray, real_days: np.ndarray) -> float:
+    """Mean over steps and features of ``std(generated) / std(real)`` (ddof 1), constant real steps left out.
+
+    Args:
+        generated_days: ``(m, T, D)`` generated days, ``m >= 2``, data units.
+        real_days: ``(n, T, D)`` real days, ``n >= 2``, data units.
+
+    Returns:
+        The ratio (1.0 = the real day-to-day spread); NaN when every real step is constant.
+    """
+    generated = _flatten_days(generated_days, "generated_days")
+    real = _flatten_days(real_days, "real_days")
+    if generated.shape[1] != real.shape[1]:
+        raise ValueError(f"generated_days {generated.shape} and real_days {real.shape}: day sizes differ")
+    if generated.shape[0] < 2 or real.shape[0] < 2:
+        raise ValueError(f"spread_ratio needs >= 2 generated and >= 2 real days; got {generated.shape[0]} "
+                         f"and {real.shape[0]}")
+    varying = real.max(axis=0) > real.min(axis=0)
+    if not varying.any():
+        return math.nan
+    ratios = generated[:, varying].std(axis=0, ddof=1) / real[:, varying].std(axis=0, ddof=1)
+    return float(np.mean(ratios))
+
+
+def physical_lower_bound(train_values: np.ndarray) -> np.ndarray:
+    """``(D,)`` per-feature lower bound: 0.0 where all training values are >= 0, else ``-inf`` (no bound).
+
+    Args:
+        train_values: ``(..., D)`` real values of the training nodes (valid days only), data units.
+    """
+    values = np.asarray(train_values, dtype=np.float64)
+    if values.size == 0 or not np.isfinite(values).all():
+        raise ValueError("train_values: must be non-empty and free of NaN/inf")
+    minimum = values.reshape(-1, values.shape[-1]).min(axis=0)
+    return np.where(minimum >= 0.0, 0.0, -np.inf)
+
+
+def out_of_range_share(generated_days: np.ndarray, lower_bound: np.ndarray | float) -> float:
+    """Fraction of generated values below ``lower_bound``.
+
+    Args:
+        generated_days: ``(m, T, D)`` generated days, data units.
+        lower_bound: a scalar or ``(D,)`` per-feature bound (``-inf`` = none), e.g. :func:`physical_lower_bound`.
+
+    Returns:
+        The share in ``[0, 1]`` of the ``m * T * D`` values strictly below their feature's bound.
+    """
+    generated = np.asarray(generated_days, dtype=np.float64)
+    _flatten_days(generated, "generated_days")
+    bound = np.asarray(lower_bound, dtype=np.float64)
+    if bound.shape not in ((), generated.shape[-1:]):
+        raise ValueError(f"lower_bound: expected a scalar or one bound per feature ({generated.shape[-1]}); "
+                         f"got shape {bound.shape}")
+    return float(np.mean(generated < bound))
+
+
 def _histogram(values: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
     """Normalised counts in ``[underflow, bins equal-width bins over [lo, hi], overflow]``."""
     counts = np.histogram(values, bins=bins, range=(lo, hi))[0]
@@ -236,6 +330,7 @@ def evaluate_nodes(
     generated_mask: np.ndarray | None = None,
     jsd_bins: int = DEFAULT_JSD_BINS,
     jsd_range: tuple[float, float] | Sequence[tuple[float, float]] | None = None,
+    lower_bound: np.ndarray | float | None = None,
 ) -> dict:
     """All metrics of the module docstring for each test node, and their means over the test nodes.
 
@@ -247,13 +342,17 @@ def evaluate_nodes(
         jsd_bins: equal-width histogram bins per feature for the JSD (plus under/overflow bins).
         jsd_range: ``(lo, hi)`` for every feature or ``D`` such pairs; ``None`` = per feature, the min/max of
             all valid real values of all nodes.
+        lower_bound: scalar or ``(D,)`` bound of the out-of-range share; ``None`` = :func:`physical_lower_bound`
+            of the given real days (pass the training nodes' bound to judge against the training data).
 
     Returns:
-        A dict with, for each metric name in ``mae, rmse, mmd, mmd_fixed_bandwidth, jsd``, the mean over test
-        nodes (``mmd_fixed_bandwidth``: over the nodes with >= 2 real days, counted in
-        ``num_nodes_mmd_fixed_bandwidth``); ``rmse_pooled`` (KSTDiff's RMSE: sqrt of the mean squared
-        mean-day error over all nodes, steps and features); ``num_nodes``; ``per_node``: a dict of ``(N,)``
-        arrays for the five metrics plus ``num_real_days`` and ``num_generated_days``; ``jsd_bins``;
+        A dict with, for each metric name in ``mae, rmse, mmd, mmd_fixed_bandwidth, jsd, crps, spread_ratio,
+        out_of_range``, the mean over test nodes (``mmd_fixed_bandwidth`` and ``spread_ratio``: over the nodes
+        where they are defined, counted in ``num_nodes_mmd_fixed_bandwidth`` / ``num_nodes_spread_ratio``);
+        ``lower_bound``: the ``(D,)`` bound used (``None`` entries = no bound); ``rmse_pooled`` (KSTDiff's RMSE:
+        sqrt of the mean squared mean-day error over all nodes, steps and features); ``num_nodes``;
+        ``per_node``: a dict of ``(N,)`` arrays for the eight metrics plus ``num_real_days`` and
+        ``num_generated_days``; ``jsd_bins``;
         ``jsd_range``: ``(D, 2)`` list; ``mmd_bandwidth``: a note naming the bandwidth rule of each MMD key.
     """
     generated = np.asarray(generated)
@@ -263,8 +362,8 @@ def evaluate_nodes(
                       else np.asarray(generated_mask, dtype=bool))
     _check_inputs(generated, real, real_mask, generated_mask)
     ranges = _jsd_ranges(real, real_mask, jsd_range)
-    names = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "jsd")
-    per_node = {name: np.full(real.shape[0], np.nan) for name in names}
+    bound = physical_lower_bound(real[real_mask]) if lower_bound is None else lower_bound
+    per_node = {name: np.full(real.shape[0], np.nan) for name in NODE_METRICS}
     for node in range(real.shape[0]):
         node_real = real[node][real_mask[node]]
         node_generated = generated[node][generated_mask[node]]
@@ -277,14 +376,20 @@ def evaluate_nodes(
             jsd(node_generated[..., d], node_real[..., d], tuple(ranges[d]), jsd_bins)
             for d in range(real.shape[-1])
         ])
-    fixed_defined = np.isfinite(per_node["mmd_fixed_bandwidth"])
-    result: dict = {name: float(np.mean(per_node[name])) for name in ("mae", "rmse", "mmd", "jsd")}
-    result["mmd_fixed_bandwidth"] = (
-        float(np.mean(per_node["mmd_fixed_bandwidth"][fixed_defined])) if fixed_defined.any() else math.nan
-    )
+        per_node["crps"][node] = crps(node_generated, node_real)
+        if node_real.shape[0] >= 2 and node_generated.shape[0] >= 2:
+            per_node["spread_ratio"][node] = spread_ratio(node_generated, node_real)
+        per_node["out_of_range"][node] = out_of_range_share(node_generated, bound)
+    result: dict = {}
+    for name in NODE_METRICS:
+        defined = np.isfinite(per_node[name])
+        result[name] = float(np.mean(per_node[name][defined])) if defined.any() else math.nan
     result["rmse_pooled"] = float(np.sqrt(np.mean(per_node["rmse"] ** 2)))
     result["num_nodes"] = int(real.shape[0])
-    result["num_nodes_mmd_fixed_bandwidth"] = int(fixed_defined.sum())
+    result["num_nodes_mmd_fixed_bandwidth"] = int(np.isfinite(per_node["mmd_fixed_bandwidth"]).sum())
+    result["num_nodes_spread_ratio"] = int(np.isfinite(per_node["spread_ratio"]).sum())
+    bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), real.shape[-1:])
+    result["lower_bound"] = [float(b) if math.isfinite(b) else None for b in bound]
     result["jsd_bins"] = int(jsd_bins)
     result["jsd_range"] = ranges.tolist()
     result["mmd_bandwidth"] = {

@@ -1,4 +1,4 @@
-"""Day samples (one day of one node), gap handling, the latitude node split and normalisation stats."""
+"""Day samples (one day of one node), gap handling, latitude node splits and folds, normalisation stats."""
 
 from __future__ import annotations
 
@@ -146,6 +146,11 @@ def make_day_samples(
     return np.ascontiguousarray(days[:, used_dates]), day_mask[:, used_dates], date_strings, report
 
 
+def _by_latitude(node_table: pd.DataFrame) -> np.ndarray:
+    """Row indices from the highest latitude down, ties broken by row order."""
+    return np.lexsort((np.arange(len(node_table)), -node_table["lat"].to_numpy(dtype=np.float64)))
+
+
 def split_nodes_by_latitude(
     node_table: pd.DataFrame, test_fraction: float = 0.25, test_node_ids: Sequence[str] | None = None
 ) -> tuple[list[str], list[str]]:
@@ -171,8 +176,7 @@ def split_nodes_by_latitude(
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}")
         num_test = int(round(test_fraction * len(node_ids)))
-        order = np.lexsort((np.arange(len(node_ids)), -node_table["lat"].to_numpy(dtype=np.float64)))
-        test = {node_ids[i] for i in order[:num_test]}
+        test = {node_ids[i] for i in _by_latitude(node_table)[:num_test]}
     if not test:
         raise ValueError(
             f"the test split is empty ({len(node_ids)} nodes, test_fraction={test_fraction}); "
@@ -185,6 +189,64 @@ def split_nodes_by_latitude(
             "(lower test_fraction or pass fewer test_node_ids)"
         )
     return train, [node_id for node_id in node_ids if node_id in test]
+
+
+def split_validation_nodes(
+    node_table: pd.DataFrame, train_node_ids: Sequence[str], validation_fraction: float = 0.2
+) -> tuple[list[str], list[str]]:
+    """Cuts validation nodes from the TRAINING side: the highest-latitude share of the train nodes.
+
+    Like the test split, the validation nodes are a contiguous slice of the map, so validating on them asks
+    the same question as testing (how good are days for a place the model never saw?) without touching a
+    test node. The caller excludes them from training.
+
+    Args:
+        node_table: with ``node_id`` and ``lat`` columns.
+        train_node_ids: the train nodes (test nodes already removed); validation nodes are drawn only from them.
+        validation_fraction: share of the train nodes, in ``[0, 1)``; rounded, at least one node when > 0.
+
+    Returns:
+        ``(train_node_ids, validation_node_ids)``, each in ``node_table`` order; no validation nodes for 0.
+    """
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1); got {validation_fraction}")
+    train = {str(node_id) for node_id in train_node_ids}
+    node_ids = node_table["node_id"].astype(str).tolist()
+    unknown = sorted(train - set(node_ids))
+    if unknown:
+        raise ValueError(f"train_node_ids {unknown[:5]} are not nodes of the node table")
+    num_validation = 0 if validation_fraction == 0 else max(1, int(round(validation_fraction * len(train))))
+    if len(train) - num_validation < 2:
+        raise ValueError(
+            f"validation_fraction={validation_fraction} leaves {len(train) - num_validation} of {len(train)} "
+            "train node(s) to train on; at least two are needed (lower it, or 0 for no validation nodes)"
+        )
+    ordered = [node_ids[row] for row in _by_latitude(node_table) if node_ids[row] in train]
+    validation = set(ordered[:num_validation])
+    return ([n for n in node_ids if n in train and n not in validation], [n for n in node_ids if n in validation])
+
+
+def latitude_folds(node_table: pd.DataFrame, num_folds: int = 4) -> list[list[str]]:
+    """Spatial folds: the nodes cut into ``num_folds`` latitude bands of (near) equal size, north to south.
+
+    Holding out each band once as the test set makes every node a test node exactly once.
+
+    Args:
+        node_table: with ``node_id`` and ``lat`` columns.
+        num_folds: number of bands, ``2 <= num_folds <= N``; band sizes differ by at most one node (the
+            northern bands get the extra nodes).
+
+    Returns:
+        ``num_folds`` lists of node ids (fold 0 = the northernmost band), each in ``node_table`` order.
+    """
+    node_ids = node_table["node_id"].astype(str).tolist()
+    if not 2 <= num_folds <= len(node_ids):
+        raise ValueError(f"num_folds must be between 2 and the number of nodes ({len(node_ids)}); got {num_folds}")
+    band = np.empty(len(node_ids), dtype=np.int64)
+    band[_by_latitude(node_table)] = np.concatenate(
+        [np.full(len(chunk), fold) for fold, chunk in enumerate(np.array_split(np.arange(len(node_ids)), num_folds))]
+    )
+    return [[node_ids[row] for row in np.flatnonzero(band == fold)] for fold in range(num_folds)]
 
 
 def feature_stats(

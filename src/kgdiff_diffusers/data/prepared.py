@@ -13,6 +13,7 @@ Folder layout written by :meth:`PreparedDataset.save`::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -40,7 +41,8 @@ KG_DIR = "kg"
 EMBEDDINGS_FILE = "kg_embeddings.safetensors"
 META_FILE = "prepared.json"
 FOLDER_ENTRIES = (DAYS_DIR, DAYS_PARQUET, NODES_FILE, KG_DIR, EMBEDDINGS_FILE, META_FILE)
-SPLITS = ("train", "test")
+# "validation": training-side nodes held out of training to choose checkpoints (never test nodes).
+SPLITS = ("train", "validation", "test")
 
 
 def check_output_folder(folder: str | os.PathLike, overwrite: bool = False) -> str:
@@ -69,8 +71,9 @@ class PreparedDataset:
         days: ``(N, S, T, D)`` float32 in data units, gaps interpolated; 0 where ``day_mask`` is False.
         day_mask: ``(N, S)`` bool, True = a usable real day.
         dates: ``(S,)`` ISO dates of the day axis.
-        node_table: ``node_id``, ``lat``, ``lon``, ``entity``, ``split`` (``"train"`` / ``"test"``) and any
-            attributes; row order = axis 0 of ``days``.
+        node_table: ``node_id``, ``lat``, ``lon``, ``entity``, ``split`` (``"train"``, ``"validation"`` or
+            ``"test"``) and any attributes; row order = axis 0 of ``days``. Validation nodes are cut from the
+            training side (:meth:`with_split`); like test nodes, their days never reach the model.
         feature_names: ``(D,)`` feature names.
         interval_minutes: minutes per step (T = 1440 / interval_minutes).
         feature_mean, feature_std: ``(D,)`` float32 over the train nodes' valid days, in data units.
@@ -121,7 +124,7 @@ class PreparedDataset:
             raise ValueError(f"node_table lacks the column(s) {missing}")
         unknown_splits = set(self.node_table["split"]) - set(SPLITS)
         if unknown_splits:
-            raise ValueError(f"node_table split must be 'train' or 'test'; found {sorted(unknown_splits)}")
+            raise ValueError(f"node_table split must be one of {SPLITS}; found {sorted(unknown_splits)}")
         absent = [e for e in self.node_table["entity"] if not self.kg.has_entity(e)]
         if absent:
             raise ValueError(f"{len(absent)} node entities are not in the knowledge graph, e.g. {absent[:5]}")
@@ -145,23 +148,89 @@ class PreparedDataset:
         """``(N,)`` node ids in the order of ``days``' axis 0."""
         return self.node_table["node_id"].tolist()
 
+    def split_node_ids(self, split: str) -> list[str]:
+        """Node ids of ``split`` (one of :data:`SPLITS`), in node-table order."""
+        return [self.node_ids[row] for row in self.split_rows(split)]
+
+    def split_rows(self, split: str) -> np.ndarray:
+        """Indices into axis 0 of the nodes of ``split`` (one of :data:`SPLITS`)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+        return np.flatnonzero(self.node_table["split"].to_numpy() == split)
+
     @property
     def train_node_ids(self) -> list[str]:
-        return self.node_table.loc[self.node_table["split"] == "train", "node_id"].tolist()
+        """The nodes the model trains on (validation and test nodes excluded)."""
+        return self.split_node_ids("train")
+
+    @property
+    def validation_node_ids(self) -> list[str]:
+        return self.split_node_ids("validation")
 
     @property
     def test_node_ids(self) -> list[str]:
-        return self.node_table.loc[self.node_table["split"] == "test", "node_id"].tolist()
+        return self.split_node_ids("test")
 
     @property
     def train_rows(self) -> np.ndarray:
         """Indices into axis 0 of the train nodes."""
-        return np.flatnonzero(self.node_table["split"].to_numpy() == "train")
+        return self.split_rows("train")
+
+    @property
+    def validation_rows(self) -> np.ndarray:
+        """Indices into axis 0 of the validation nodes."""
+        return self.split_rows("validation")
 
     @property
     def test_rows(self) -> np.ndarray:
         """Indices into axis 0 of the test nodes."""
-        return np.flatnonzero(self.node_table["split"].to_numpy() == "test")
+        return self.split_rows("test")
+
+    def with_split(
+        self, test_node_ids: Sequence[str], validation_node_ids: Sequence[str] = (), rule: str = "given node ids"
+    ) -> PreparedDataset:
+        """A copy with a new node split and normalisation statistics of its train nodes; KG and embeddings shared.
+
+        The KG and its TuckER embeddings do not depend on the split, so spatial folds reuse them unchanged;
+        ``feature_mean`` / ``feature_std`` are recomputed from the new train nodes (:func:`feature_stats`).
+
+        Args:
+            test_node_ids: the new test nodes.
+            validation_node_ids: training-side nodes held out for validation; disjoint from the test nodes.
+            rule: how the split was made, stored in ``report["split"]["rule"]``.
+
+        Raises:
+            ValueError: unknown ids, validation nodes that are test nodes, or fewer than 2 train nodes.
+        """
+        test, validation = [str(n) for n in test_node_ids], [str(n) for n in validation_node_ids]
+        known = set(self.node_ids)
+        unknown = sorted((set(test) | set(validation)) - known)
+        if unknown:
+            raise ValueError(f"split node ids {unknown[:5]} are not nodes of dataset {self.name!r}")
+        overlap = sorted(set(test) & set(validation))
+        if overlap:
+            raise ValueError(f"validation nodes {overlap[:5]} are test nodes: validation nodes must come from "
+                             "the training side")
+        if not test:
+            raise ValueError("test_node_ids: the test split is empty")
+        split = np.where(self.node_table["node_id"].isin(test), "test",
+                         np.where(self.node_table["node_id"].isin(validation), "validation", "train"))
+        train_rows = np.flatnonzero(split == "train")
+        if len(train_rows) < 2:
+            raise ValueError(f"only {len(train_rows)} train node(s) remain of {len(known)}; at least two are needed")
+        node_table = self.node_table.copy()
+        node_table["split"] = split
+        mean, std = feature_stats(self.days, self.day_mask, train_rows)
+        report = {**self.report, "split": {
+            **self.report.get("split", {}),
+            "rule": rule,
+            "train_nodes": int(len(train_rows)),
+            "validation_nodes": len(validation),
+            "test_nodes": len(test),
+            "test_node_ids": [n for n in self.node_ids if n in set(test)],
+            "validation_node_ids": [n for n in self.node_ids if n in set(validation)],
+        }}
+        return dataclasses.replace(self, node_table=node_table, feature_mean=mean, feature_std=std, report=report)
 
     @property
     def steps_per_day(self) -> int:
