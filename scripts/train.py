@@ -5,11 +5,16 @@
     accelerate launch scripts/train.py --config my_run.yaml --resume_from_checkpoint latest
 
 The condition encoder, meta pattern and denoiser are trained jointly on the TRAIN nodes' days only
-(test nodes are held out for evaluation: their data never reaches the model). The script follows
-diffusers' training examples: gradient accumulation, mixed precision, EMA weights, AdamW with a
-learning-rate schedule, gradient clipping, checkpoints that resume exactly (steps, optimiser, EMA,
-RNG, data order), tensorboard logging, periodic validation on the test nodes, and at the end a
-``KGDiffPipeline`` with the EMA weights in ``--output_dir`` (optionally pushed to the Hub).
+(test nodes are held out for evaluation: their data never reaches the model). Periodic validation uses
+VALIDATION nodes cut from the training side (``--validation_fraction`` of the train nodes with the
+highest latitudes, or the prepared folder's own ``validation`` split), never test nodes; validation nodes
+are excluded from training too, so their scores measure unseen places. The history goes to
+``validation.json`` with the best step by ``--validation_metric``; the saved pipeline is the final
+EMA weights, not retrained on the validation nodes (a checkpoint of the best step, when one was kept, can be
+resumed or loaded instead). The script follows diffusers' training examples: gradient accumulation, mixed
+precision, EMA weights, AdamW with a learning-rate schedule, gradient clipping, checkpoints that resume
+exactly (steps, optimiser, EMA, RNG, data order), tensorboard logging, and at the end a ``KGDiffPipeline``
+with the EMA weights in ``--output_dir`` (optionally pushed to the Hub).
 
 Multi-process: ``accelerate launch --num_processes 2 scripts/train.py ...`` runs unchanged on CPU
 (gloo) and, with an ``accelerate config`` file, on several GPUs / nodes, DeepSpeed or FSDP.
@@ -35,6 +40,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from kgdiff_diffusers.data.days import split_validation_nodes
 from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import evaluate_pipeline, markdown_table, write_report
@@ -57,6 +63,8 @@ PRESETS = {
     },
 }
 CHECKPOINT_PREFIX = "checkpoint-"
+VALIDATION_FILE = "validation.json"
+VALIDATION_METRICS = ("crps", "mae", "rmse", "mmd_fixed_bandwidth", "mmd", "jsd")
 
 
 class GeneratorState:
@@ -132,10 +140,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
     train.add_argument("--dataloader_num_workers", type=int, default=0)
     val = parser.add_argument_group("validation and output")
-    val.add_argument("--validation_steps", type=int, default=500, help="validate on test nodes every N steps")
+    val.add_argument("--validation_steps", type=int, default=500, help="validate on validation nodes every N steps")
+    val.add_argument("--validation_fraction", type=float, default=0.2,
+                     help="share of the train nodes (highest latitudes) held out as validation nodes, excluded from "
+                     "training (0: none, no validation); ignored when the dataset has a validation split")
+    val.add_argument("--validation_metric", choices=VALIDATION_METRICS, default="crps",
+                     help="the validation score that names the best step in validation.json (lower is better)")
     val.add_argument("--validation_sampler", default="ddim", help="ddpm | ddim | dpm++ | unipc")
     val.add_argument("--validation_inference_steps", type=int, default=20)
-    val.add_argument("--validation_max_days", type=int, default=8, help="real days per test node in validation")
+    val.add_argument("--validation_max_days", type=int, default=8, help="real days per validation node")
     val.add_argument("--final_evaluation", action="store_true", help="full evaluation + report at the end")
     val.add_argument("--final_sampler", default="ddim")
     val.add_argument("--final_inference_steps", type=int, default=50)
@@ -175,6 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0.0 <= args.validation_fraction < 1.0:
+        parser.error(f"--validation_fraction must be in [0, 1), got {args.validation_fraction}")
     if not args.learning_rate > 0:
         parser.error(f"--learning_rate must be > 0, got {args.learning_rate}")
     return args
@@ -284,6 +299,7 @@ def validate(pipe, dataset, args: argparse.Namespace, final: bool = False):
         seed=args.seed,
         include_baselines=final,
         max_days_per_node=None if final else args.validation_max_days,
+        split="test" if final else "validation",
     )
 
 
@@ -309,14 +325,15 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.wait_for_everyone()
     set_seed(args.seed)
 
-    dataset = load_dataset(args, accelerator)
+    dataset = hold_out_validation_nodes(load_dataset(args, accelerator), args.validation_fraction)
     config = model_config(args)
     pipe = build_pipeline(dataset, config)
     pipe.set_progress_bar_config(disable=True)
     days, node_rows = training_samples(dataset)  # train nodes only; raises if the splits overlap
     logger.info(
         f"{dataset.name}: {len(days)} training days from {len(dataset.train_node_ids)} train nodes; "
-        f"{len(dataset.test_node_ids)} test nodes held out; images {pipe.delay_embedding.image_size}^2"
+        f"{len(dataset.validation_node_ids)} validation and {len(dataset.test_node_ids)} test nodes held out; "
+        f"images {pipe.delay_embedding.image_size}^2"
     )
     if accelerator.is_main_process:
         (args.output_dir / "training_config.json").write_text(
@@ -326,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
                     "model": dataclasses.asdict(config),
                     "dataset_name": dataset.name,
                     "train_node_ids": dataset.train_node_ids,
+                    "validation_node_ids": dataset.validation_node_ids,
                     "test_node_ids": dataset.test_node_ids,
                 },
                 indent=2,
@@ -370,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         first_epoch = global_step // steps_per_epoch
         skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
         logger.info(f"resumed from {checkpoint} at step {global_step}")
+    history = validation_history(args, global_step)
     if accelerator.is_main_process and report_to:
         accelerator.init_trackers(
             "kgdiff", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
@@ -419,8 +438,8 @@ def main(argv: list[str] | None = None) -> None:
             accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
                 save_checkpoint(accelerator, args, checkpoint_dir, global_step)
-            if global_step % args.validation_steps == 0 and global_step < args.max_train_steps:
-                run_validation(accelerator, pipe, dataset, args, ema, trainable, global_step)
+            if global_step % args.validation_steps == 0:
+                run_validation(accelerator, pipe, dataset, args, ema, trainable, global_step, history)
             if global_step >= args.max_train_steps:
                 break
         epoch += 1
@@ -455,9 +474,40 @@ def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, checkpoi
     accelerator.save_state(str(checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"))
 
 
-def run_validation(accelerator, pipe, dataset, args, ema, trainable, step: int) -> None:
-    """Validation metrics on the test nodes with the EMA weights (main process only)."""
-    if accelerator.is_main_process:
+def hold_out_validation_nodes(dataset: PreparedDataset, validation_fraction: float) -> PreparedDataset:
+    """The dataset with validation nodes cut from its train nodes (none when it has its own or the fraction is 0).
+
+    Normalisation statistics are recomputed from the remaining train nodes (:meth:`PreparedDataset.with_split`).
+
+    Raises:
+        ValueError: a bad fraction, too few train nodes left, or validation nodes that are test nodes.
+    """
+    if not dataset.validation_node_ids and validation_fraction > 0:
+        _, validation = split_validation_nodes(dataset.node_table, dataset.train_node_ids, validation_fraction)
+        rule = f"{dataset.report.get('split', {}).get('rule', 'given')}; validation = the {validation_fraction:g} " \
+               "highest-latitude share of the train nodes"
+        dataset = dataset.with_split(dataset.test_node_ids, validation, rule=rule)
+    overlap = set(dataset.validation_node_ids) & set(dataset.test_node_ids)
+    if overlap:
+        raise ValueError(f"validation nodes {sorted(overlap)[:5]} are test nodes; validate on training-side nodes")
+    return dataset
+
+
+def validation_history(args: argparse.Namespace, start_step: int) -> list[dict]:
+    """The ``validation.json`` entries of a resumed run up to ``start_step`` (empty for a new run)."""
+    path = args.output_dir / VALIDATION_FILE
+    if not args.resume_from_checkpoint or not path.is_file():
+        return []
+    return [entry for entry in json.loads(path.read_text())["history"] if entry["step"] <= start_step]
+
+
+def run_validation(accelerator, pipe, dataset, args, ema, trainable, step: int, history: list[dict]) -> None:
+    """Validation metrics on the validation nodes with the EMA weights (main process only).
+
+    Appends ``{"step", "metrics"}`` to ``history`` and writes it to ``validation.json`` with the best step by
+    ``--validation_metric``.
+    """
+    if accelerator.is_main_process and dataset.validation_node_ids:
         if ema is not None:
             ema.store(trainable)
             ema.copy_to(trainable)
@@ -465,8 +515,23 @@ def run_validation(accelerator, pipe, dataset, args, ema, trainable, step: int) 
         if ema is not None:
             ema.restore(trainable)
         metrics = result.metrics["methods"]["KGDiff"]
-        accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=step)
-        logger.info(f"step {step} validation on test nodes: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        accelerator.log({f"validation/{k}": v for k, v in metrics.items() if v is not None}, step=step)
+        logger.info(
+            f"step {step} validation on {len(result.node_ids)} validation nodes: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None)
+        )
+        history.append({"step": step, "metrics": metrics})
+        scored = [entry for entry in history if entry["metrics"].get(args.validation_metric) is not None]
+        best = min(scored, key=lambda entry: entry["metrics"][args.validation_metric], default=None)
+        (args.output_dir / VALIDATION_FILE).write_text(json.dumps({
+            "validation_node_ids": dataset.validation_node_ids,
+            "metric": args.validation_metric,
+            "best_step": best["step"] if best else None,
+            "sampler": args.validation_sampler,
+            "num_inference_steps": args.validation_inference_steps,
+            "max_days_per_node": args.validation_max_days,
+            "history": history,
+        }, indent=2))
     accelerator.wait_for_everyone()
 
 

@@ -77,6 +77,9 @@ METRICS = (
     ("mmd", "MMD"),
     ("mmd_fixed_bandwidth", "MMD (fixed bandwidth)"),
     ("jsd", "JSD"),
+    ("crps", "CRPS"),
+    ("spread_ratio", "spread ratio (1 = real spread)"),
+    ("out_of_range", "share below the physical lower bound"),
 )
 # Hub dataset splits (= node split) and their parquet files.
 SPLIT_FILES = {"train": "data/train.parquet", "test": "data/test.parquet"}
@@ -289,6 +292,7 @@ def eval_results(metrics: dict, dataset_type: str, dataset_name: str) -> list[Ev
         "mmd": {"bandwidth": "pooled real + generated days (KSTDiff)"},
         "mmd_fixed_bandwidth": {"bandwidth": "real days only"},
         "jsd": {"bins": metrics.get("jsd_bins"), "log_base": "e"},
+        "out_of_range": {"lower_bound": metrics.get("lower_bound")},
     }
     results = []
     for key, display in METRICS:
