@@ -46,7 +46,7 @@ from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import evaluate_pipeline, markdown_table, write_report
 from kgdiff_diffusers.hub import push_pipeline
 from kgdiff_diffusers.kg.tucker import load_kg_embeddings, pretrain_tucker, save_kg_embeddings
-from kgdiff_diffusers.models.condition_encoder import NEIGHBOR_WEIGHTINGS
+from kgdiff_diffusers.models.condition_encoder import GEOMETRY_FORMS, NEIGHBOR_WEIGHTINGS
 from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline, kgdiff_loss, training_samples
 
 logger = get_logger(__name__, log_level="INFO")
@@ -109,6 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--neighbor_weighting", choices=NEIGHBOR_WEIGHTINGS,
         help="mean of eq. 15: 'uniform' (paper: every KG edge weighs the same) or 'relation' (each relation does)",
+    )
+    model.add_argument(
+        "--geometry_form", choices=GEOMETRY_FORMS,
+        help="experts of eq. 14: 'as_published' (H and S equal E below the clip radius) or 'translated' "
+        "(relation translations and gyromidpoints: each geometry matters)",
     )
     model.add_argument("--meta_pattern_weight", type=float, default=1.0, help="weight of the f-regression term")
     ablation = parser.add_argument_group("ablations (paper Table 3)")

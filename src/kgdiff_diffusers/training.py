@@ -101,6 +101,7 @@ class KGDiffModelConfig:
     meta_pattern_hidden_dim: int = 256
     train_embeddings: bool = True
     neighbor_weighting: str = "uniform"
+    geometry_form: str = "as_published"
     use_geometry_moe: bool = True
     use_euclidean: bool = True
     use_hyperbolic: bool = True
@@ -150,6 +151,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         use_geometry_moe=config.use_geometry_moe,
         use_guidance=config.use_guidance,
         neighbor_weighting=config.neighbor_weighting,
+        geometry_form=config.geometry_form,
     )
     num_blocks = len(config.block_out_channels)
     unet = KGDiffUNet2DModel(

@@ -14,7 +14,13 @@ from torch import nn
 # Tangent vectors are clipped to this geodesic length (in units of 1/sqrt|k|) before expmap0: past ~3
 # float32 hyperbolic points saturate at the ball's edge and spherical ones wrap around (pi / 2).
 _MAX_TANGENT_RADIUS = {"hyperbolic": 3.0, "spherical": 0.49 * math.pi}
+# The translated form keeps spherical points in the open hemisphere around 0 (|x| < 1/sqrt k, i.e. a tangent
+# length below pi / 4 in geoopt's stereographic model), where the gyromidpoint's weights lambda_x - 1 stay > 0.
+_MAX_TRANSLATED_RADIUS = {"hyperbolic": 3.0, "spherical": 0.24 * math.pi}
+# ... and measures tails in units that give them a root-mean-square norm of 1/2 (inside that radius at |c| = 1).
+_TRANSLATED_TAIL_NORM = 0.5
 NEIGHBOR_WEIGHTINGS = ("uniform", "relation")
+GEOMETRY_FORMS = ("as_published", "translated")
 
 
 class KGConditionEncoder(ModelMixin, ConfigMixin):
@@ -30,12 +36,27 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
 
     ``(x)_c`` is Mobius point-wise multiplication in the stereographic model of curvature ``c`` (geoopt).
 
-    Note (checked numerically, relative difference ~1e-7): Mobius point-wise multiplication is conjugate to
+    ``geometry_form="as_published"`` computes exactly this. Mobius point-wise multiplication is conjugate to
     the Euclidean one through ``exp_0``/``log_0`` (``r (x)_c x = exp_0^c(r * log_0^c(x))``), so as eq. 14 is
-    written ``log_0(M_H) = log_0(M_S) = M_E`` for any curvature. The geometric experts only differ from the
-    Euclidean one where the tangent clipping below is active (large embeddings), and the "w/o H / E / S"
-    ablations then differ only through ``W_m``'s input width. This implementation follows the equations as
-    published; a relation translation (Mobius addition, as in MuRP) would make the geometries matter.
+    written ``log_0(M_H) = log_0(M_S) = M_E`` for any curvature (relative difference ~1e-7): the geometric
+    experts only differ from the Euclidean one where the tangent clipping below is active (large embeddings),
+    and the "w/o H / E / S" ablations differ only through ``W_m``'s input width.
+
+    ``geometry_form="translated"`` makes each geometry matter, as MuRP / AttH do for KG embeddings: the
+    relation scales the tail point-wise and then translates it by its own point ``exp_0(b_r)`` (one learnt
+    ``b_r`` per relation and expert), and a node's translated neighbours are averaged by the weighted
+    Mobius gyromidpoint (geoopt's ``weighted_midpoint``, the Einstein midpoint for ``c < 0``) before
+    ``log_0`` brings the mean back for ``W_m``::
+
+        x_g = (r / u_r) (x)_g exp_0^g(t / u_t)  (+)_g  exp_0^g(b_r^g)     g in {E (c = 0), H (c1), S (c2)}
+        phi_gamma = sigmoid( W_m LN[ log_0^g( midpoint^g_{(r, t) in N_gamma} x_g ) for each g ] )
+
+    ``u_t`` (twice the root-mean-square entity norm) and ``u_r`` (root-mean-square relation entry) are buffers
+    set from the embeddings by :meth:`from_knowledge_graph`, so that tails have norm ~1/2 and the curvature is
+    felt whatever the scale of the pretrained embeddings (TuckER's are ~1e-2 per entry, where a unit ball is
+    flat). The Euclidean expert is the same construction at ``c = 0`` (``r t + b_r``, arithmetic mean).
+    Spherical points are kept in the hemisphere around 0, where the gyromidpoint is well defined.
+
     The curvatures are learnt through softplus, so their signs cannot flip. Tangent vectors are clipped to
     a safe geodesic radius before ``exp_0``, so embeddings of any norm give finite outputs. ``phi`` uses
     only the neighbours, never the node's own data, so a node without data (or a new entity given its
@@ -43,7 +64,8 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
 
     Ablations (paper Table 3): ``use_euclidean``/``use_hyperbolic``/``use_spherical`` drop an expert
     (``W_m`` then sees only the others); ``use_geometry_moe=False`` replaces the experts by
-    ``M = W_m t`` (relation-blind, Euclidean); ``use_guidance=False`` returns ``phi = 0`` for every node
+    ``M = W_m t`` (relation-blind, Euclidean; the translated form mixes the mean tail, ``W_m LN[mean t]``);
+    ``use_guidance=False`` returns ``phi = 0`` for every node
     (an unconditional model).
 
     ``neighbor_weighting`` chooses the mean of eq. 15: ``"uniform"`` (as published) weighs every edge the
@@ -64,6 +86,8 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         train_embeddings: fine-tune the embeddings (``True``) or keep them frozen (``False``).
         use_euclidean, use_hyperbolic, use_spherical, use_geometry_moe, use_guidance: ablation switches.
         neighbor_weighting: ``"uniform"`` (eq. 15) or ``"relation"`` (each relation's mean weighs the same).
+        geometry_form: ``"as_published"`` (eq. 14 as printed) or ``"translated"`` (relation translations and
+            gyromidpoints, see above).
         init_hyperbolic_curvature: initial ``c1`` (< 0).
         init_spherical_curvature: initial ``c2`` (> 0).
     """
@@ -84,6 +108,7 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         use_geometry_moe: bool = True,
         use_guidance: bool = True,
         neighbor_weighting: str = "uniform",
+        geometry_form: str = "as_published",
         init_hyperbolic_curvature: float = -1.0,
         init_spherical_curvature: float = 1.0,
     ):
@@ -92,6 +117,8 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
             raise ValueError("init_hyperbolic_curvature must be < 0 and init_spherical_curvature > 0")
         if neighbor_weighting not in NEIGHBOR_WEIGHTINGS:
             raise ValueError(f"neighbor_weighting must be one of {NEIGHBOR_WEIGHTINGS}, got {neighbor_weighting!r}")
+        if geometry_form not in GEOMETRY_FORMS:
+            raise ValueError(f"geometry_form must be one of {GEOMETRY_FORMS}, got {geometry_form!r}")
         self.experts = [
             name
             for name, used in (
@@ -118,6 +145,18 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         # nodes and phi would be nearly constant; a LayerNorm before W_m puts every message on a unit scale.
         self.message_norm = nn.LayerNorm(num_inputs * embedding_dim)
         self.mixture = nn.Linear(num_inputs * embedding_dim, condition_dim)
+        if geometry_form == "translated":
+            self.register_buffer("entity_unit", torch.ones(()))
+            self.register_buffer("relation_unit", torch.ones(()))
+            # b_r per relation and expert, tangent vectors at 0 of norm ~1/4 (tails have norm ~1/2 in these units).
+            # Plain Parameters mapped with exp_0 in forward: geoopt's ManifoldParameter does not survive
+            # diffusers' meta-device loading.
+            self.translations = nn.ParameterDict(
+                {
+                    name: nn.Parameter(torch.randn(num_relations, embedding_dim) * (0.25 / math.sqrt(embedding_dim)))
+                    for name in (self.experts if use_geometry_moe else [])
+                }
+            )
 
     @classmethod
     def from_knowledge_graph(
@@ -163,6 +202,11 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
             encoder.edge_node.copy_(edges[0])
             encoder.edge_relation.copy_(edges[1])
             encoder.edge_neighbor.copy_(edges[2])
+            if encoder.config.geometry_form == "translated":
+                entity_unit = entity_embeddings.pow(2).sum(-1).mean().sqrt() / _TRANSLATED_TAIL_NORM
+                relation_unit = relation_embeddings.pow(2).mean().sqrt()
+                encoder.entity_unit.copy_(torch.where(entity_unit > 0, entity_unit, 1.0))
+                encoder.relation_unit.copy_(torch.where(relation_unit > 0, relation_unit, 1.0))
         return encoder
 
     @staticmethod
@@ -201,18 +245,24 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         """``c2 > 0``."""
         return F.softplus(self.spherical_curvature_raw)
 
+    def curvature(self, geometry: str) -> torch.Tensor:
+        """``c1`` for ``"hyperbolic"``, ``c2`` for ``"spherical"``."""
+        return self.hyperbolic_curvature if geometry == "hyperbolic" else self.spherical_curvature
+
     def _geometric_message(self, relation: torch.Tensor, tail: torch.Tensor, geometry: str) -> torch.Tensor:
         """``log_0^c(r (x)_c exp_0^c(t))`` for ``(E, d)`` relation and tail embeddings."""
-        k = self.hyperbolic_curvature if geometry == "hyperbolic" else self.spherical_curvature
-        max_norm = _MAX_TANGENT_RADIUS[geometry] / k.abs().sqrt()
-        norm = tail.norm(dim=-1, keepdim=True).clamp_min(1e-15)
-        tail = tail * torch.clamp(max_norm / norm, max=1.0)
-        point = stereographic.expmap0(tail, k=k)
+        k = self.curvature(geometry)
+        point = stereographic.expmap0(_clip_norm(tail, _MAX_TANGENT_RADIUS[geometry] / k.abs().sqrt()), k=k)
         product = stereographic.mobius_pointwise_mul(relation, point, k=k)
         return stereographic.logmap0(product, k=k)
 
     def edge_messages(self, relation_id: torch.Tensor, neighbor_id: torch.Tensor) -> torch.Tensor:
         """``(E,)`` relation and neighbour ids -> ``(E, condition_dim)`` messages ``M(r, t)`` of eq. 14."""
+        if self.config.geometry_form != "as_published":
+            raise ValueError(
+                "edge_messages belongs to geometry_form='as_published'; the translated form averages on the "
+                "manifold before W_m (see expert_summaries)"
+            )
         relation = self.relation_embeddings[relation_id]
         tail = self.entity_embeddings[neighbor_id]
         if not self.config.use_geometry_moe:
@@ -251,11 +301,57 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         device = self.mixture.weight.device
         if not self.config.use_guidance:
             return torch.zeros(num_nodes, self.config.condition_dim, device=device, dtype=self.mixture.weight.dtype)
+        if self.config.geometry_form == "translated":
+            summaries = self.expert_summaries(edge_node, relation_id, neighbor_id, num_nodes)
+            return torch.sigmoid(self.mixture(self.message_norm(torch.cat(list(summaries.values()), dim=-1))))
         messages = self.edge_messages(relation_id, neighbor_id)
         weights = self.edge_weights(edge_node, relation_id, num_nodes).to(messages.dtype)
         averaged = torch.zeros(num_nodes, messages.shape[-1], device=device, dtype=messages.dtype)
         averaged.index_add_(0, edge_node, messages * weights.unsqueeze(-1))
         return torch.sigmoid(averaged)
+
+    def expert_summaries(
+        self, edge_node: torch.Tensor, relation_id: torch.Tensor, neighbor_id: torch.Tensor, num_nodes: int
+    ) -> dict[str, torch.Tensor]:
+        """What each expert of the translated form says about each node, before ``W_m``.
+
+        Args:
+            edge_node: ``(E,)`` row in ``[0, num_nodes)`` of the node that owns each edge.
+            relation_id: ``(E,)`` relation ids.
+            neighbor_id: ``(E,)`` neighbour entity ids.
+            num_nodes: number of output rows.
+
+        Returns:
+            expert name -> ``(num_nodes, d)`` tangent vector at 0 of the node's mean translated neighbour
+            (``"euclidean"``, ``"hyperbolic"``, ``"spherical"`` for the experts that are on; ``"tail"``, the
+            mean tail, when ``use_geometry_moe=False``).
+        """
+        if self.config.geometry_form != "translated":
+            raise ValueError("expert_summaries belongs to geometry_form='translated'")
+        weights = self.edge_weights(edge_node, relation_id, num_nodes).unsqueeze(-1)
+        tail = self.entity_embeddings[neighbor_id] / self.entity_unit
+        if not self.config.use_geometry_moe:
+            return {"tail": _scatter_sum(tail * weights, edge_node, num_nodes)}
+        scaled = self.relation_embeddings[relation_id] / self.relation_unit * tail
+        summaries = {}
+        for geometry in self.experts:
+            translation = self.translations[geometry]
+            if geometry == "euclidean":
+                summaries[geometry] = _scatter_sum((scaled + translation[relation_id]) * weights, edge_node, num_nodes)
+                continue
+            k = self.curvature(geometry)
+            max_norm = _MAX_TRANSLATED_RADIUS[geometry] / k.abs().sqrt()
+            # r (x)_k exp_0(t) = exp_0(r * t): clipping the product first keeps it from wrapping around the sphere.
+            point = stereographic.expmap0(_clip_norm(scaled, max_norm), k=k)
+            shift = stereographic.expmap0(_clip_norm(translation, max_norm), k=k)[relation_id]
+            moved = stereographic.mobius_add(point, shift, k=k)
+            if geometry == "hyperbolic":
+                moved = stereographic.project(moved, k=k)
+            else:
+                moved = _clip_norm(moved, stereographic.tan_k(max_norm, k))
+            midpoint = _scatter_gyromidpoint(moved, weights, edge_node, num_nodes, k)
+            summaries[geometry] = stereographic.logmap0(midpoint, k=k)
+        return summaries
 
     def edge_weights(self, edge_node: torch.Tensor, relation_id: torch.Tensor, num_nodes: int) -> torch.Tensor:
         """``(E,)`` weights of the mean of eq. 15; they sum to 1 over each node's edges."""
@@ -293,6 +389,32 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
             local_row[self.edge_node[keep]], self.edge_relation[keep], self.edge_neighbor[keep], len(unique_rows)
         )
         return phi[inverse]
+
+
+def _clip_norm(x: torch.Tensor, max_norm: torch.Tensor) -> torch.Tensor:
+    """Rescales the rows of ``x`` whose norm exceeds ``max_norm`` onto that norm."""
+    return x * torch.clamp(max_norm / x.norm(dim=-1, keepdim=True).clamp_min(1e-15), max=1.0)
+
+
+def _scatter_sum(values: torch.Tensor, index: torch.Tensor, num_rows: int) -> torch.Tensor:
+    return torch.zeros(num_rows, values.shape[-1], device=values.device, dtype=values.dtype).index_add_(
+        0, index, values
+    )
+
+
+def _scatter_gyromidpoint(
+    points: torch.Tensor, weights: torch.Tensor, index: torch.Tensor, num_rows: int, k: torch.Tensor
+) -> torch.Tensor:
+    """Weighted Mobius gyromidpoint of the ``(E, d)`` points of each row (geoopt's ``weighted_midpoint``, sparse).
+
+    ``m = 1/2 (x)_k ( sum_i w_i lambda_i x_i / sum_i w_i (lambda_i - 1) )`` with ``lambda_x = 2 / (1 + k |x|^2)``:
+    a convex combination in the Klein (``k < 0``) or gnomonic (``k > 0``, points in the hemisphere) model.
+    ``weights`` is ``(E, 1)`` and positive.
+    """
+    conformal = stereographic.lambda_x(points, k=k, keepdim=True)
+    numerator = _scatter_sum(weights * conformal * points, index, num_rows)
+    denominator = _scatter_sum(weights * (conformal - 1), index, num_rows)
+    return stereographic.mobius_scalar_mul(points.new_tensor(0.5), numerator / denominator, k=k)
 
 
 def _inverse_softplus(value: float) -> float:
