@@ -1,32 +1,46 @@
-"""Quality of KGDiff on real unseen nodes: the full model, the paper's ablations and the baselines.
+"""Quality of KGDiff on real unseen nodes over spatial folds: model rows and baselines, every metric.
 
-The analogue of the paper's Tables 2 and 3 on two real data sets, with the protocol of
-``scripts/prepare_data.py`` (weekdays only, latitude split, urban KG + TuckER embeddings):
+Protocol (issue 10, DESIGN.md "Quality on unseen nodes"):
 
-* ``nyc``: Citi Bike in/out flow of Manhattan taxi zones (``../shared/data/nyc_bike_manhattan69``), 2019
-  weekdays, zones with a mean flow below 1 trip per 30-min slot dropped, test = the 25 % of zones with the
-  highest latitude, KG from the UUKG-style triple file.
-* ``pems``: PeMS-Bay speed of 16 sensors (``../shared/data/pems_bay_16``), Jan-May 2017 weekdays, test = the
-  4 (25 %) highest-latitude sensors, KG from distance bands, road distances, station metadata and OSM edges.
+* Two real data sets, prepared once by ``scripts/prepare_data.py`` (weekdays only, urban KG + TuckER):
+  ``nyc`` (Citi Bike in/out flow of 57 Manhattan taxi zones, ``../shared/data/nyc_bike_manhattan69``, 2019
+  weekdays, zones with a mean flow below 1 trip per 30-min slot dropped) and ``pems`` (PeMS-Bay speed of 16
+  sensors, ``../shared/data/pems_bay_16``, Jan-May 2017 weekdays).
+* Spatial folds: the nodes are cut into ``--num_folds`` (4) latitude bands of (near) equal size
+  (:func:`kgdiff_diffusers.data.days.latitude_folds`); split ``foldK`` holds band K (0 = northernmost) out as
+  its test set, so over the folds every node is a test node exactly once (NYC: all 57 zones, PeMS-16: all 16
+  sensors). Split ``paper`` is the prepared folder's own split (test = the 25 % northernmost nodes), kept as
+  one extra row set for comparison with the README.
+* Validation nodes: in every split, the ``--validation_fraction`` (0.2) of the training side with the
+  highest latitudes (:func:`~kgdiff_diffusers.data.days.split_validation_nodes`); never a test node, and left
+  out of training. ``scripts/train.py`` validates on them (``validation.json``); the baselines draw from the
+  remaining train nodes only, as the model does.
+* Each split is a prepared folder of its own, built from the base folder by
+  :meth:`~kgdiff_diffusers.data.prepared.PreparedDataset.with_split` (the KG and its TuckER embeddings do not
+  depend on the split and are reused; normalisation statistics are recomputed from the split's train nodes).
+* Every model row (:data:`VARIANTS`: row name -> extra ``scripts/train.py`` flags) is trained by
+  ``scripts/train.py`` in its own process with the same fixed budget, then evaluated on the split's test nodes
+  in a fresh process by :func:`~kgdiff_diffusers.evaluation.evaluate_pipeline`; the baselines (random training
+  days, global mean profile, k = 1/3/5 nearest-training-node donors) are scored on the same nodes, days and
+  seed by :func:`~kgdiff_diffusers.evaluation.evaluate_baselines`. Every method gets MAE, RMSE, MMD, MMD-fixed,
+  JSD, CRPS, spread ratio and out-of-range share (:mod:`kgdiff_diffusers.metrics`).
+* Tables: per data set, the folds (mean ± sample std over folds x seeds) and the paper split (over seeds).
 
-Every model (KGDiff, each ablation of the paper's Table 3, and "KGDiff (relation mean)", which is not in the
-paper: ``--neighbor_weighting relation``, run only when named in ``--variants``) is trained by
-``scripts/train.py`` in its own process with the same fixed budget (model preset, optimiser steps x batch
-size), then evaluated in a fresh process by :func:`kgdiff_diffusers.evaluation.evaluate_pipeline` on the same
-test nodes, real days and sampler; ``--jobs`` models run side by side, each process with ``--threads`` OpenMP
-threads. The baselines (random training days, global mean profile, k = 1/3/5 nearest-training-node donors)
-come from the full model's evaluation of each seed (they depend on the seed only through their random draws
-and the compared days). Each figure is the mean and sample standard deviation over the seeds.
+``--curve`` instead trains the first variant once per data set on the paper split with validation every
+``--curve_every`` steps and reports validation-node quality against training steps (table + PNG), with the
+baselines on the same validation nodes as reference lines.
 
 Examples:
-    python bench/quality.py --quick
-    python bench/quality.py --datasets nyc,pems --seeds 0,1,2 --output bench/results/quality.json
-    python bench/quality.py --quick --prepared_dir /work/prepared   # reuse prepared folders
+    python bench/quality.py --quick                      # 2 folds per data set, 40 steps per model
+    python bench/quality.py                              # 4 folds + paper split, both data sets
+    python bench/quality.py --datasets pems --splits fold0,fold1 --variants KGDiff,"w/o Guidance"
+    python bench/quality.py --curve                      # validation quality vs training steps
+    python bench/quality.py --quick --prepared_dir /work/prepared   # reuse prepared base folders
 
-Datasets are prepared once into ``--prepared_dir`` (reused when their ``prepared.json`` exists), models are
-trained into ``--runs_dir`` (a finished run with the same training command and evaluation settings is
-reused unless ``--rerun``). Prints one Markdown table per data set and writes the results with date, machine,
-budget and every command to ``--output`` (JSON) and its ``.md`` sibling.
+Base folders are prepared once into ``--prepared_dir`` (reused when their ``prepared.json`` exists), split
+folders go to ``--splits_dir``, models to ``--runs_dir`` (a finished run with the same training command,
+evaluation settings and code version is reused unless ``--rerun``). Prints Markdown tables and writes them
+with date, machine, budget and every command to ``--output`` (JSON) and its ``.md`` sibling.
 """
 
 from __future__ import annotations
@@ -48,17 +62,29 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import machine_info, markdown_table
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from kgdiff_diffusers import KGDiffPipeline
+from kgdiff_diffusers.data.days import latitude_folds, split_validation_nodes
 from kgdiff_diffusers.data.prepared import PreparedDataset
-from kgdiff_diffusers.evaluation import MMD_BANDWIDTH_NOTE, MODEL_NAME, evaluate_pipeline
+from kgdiff_diffusers.evaluation import (
+    METRIC_LABELS,
+    METRIC_NAMES,
+    MMD_BANDWIDTH_NOTE,
+    MODEL_NAME,
+    best_value,
+    evaluate_baselines,
+    evaluate_pipeline,
+    format_metric,
+)
 
 logger = logging.getLogger("bench.quality")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 RESULT_FILE = "bench_quality.json"
+PAPER_SPLIT = "paper"
 
 
 @dataclass(frozen=True)
@@ -100,20 +126,21 @@ DATASETS = {
     ),
 }
 
-# The paper's Table 3: row name -> scripts/train.py switches.
+# Model rows: row name -> extra scripts/train.py flags (add a row here to benchmark it).
 VARIANTS = {
     MODEL_NAME: (),
+    # The paper's Table 3 ablations (run when named in --variants).
     "w/o Geometry-MoE": ("--no_geometry_moe",),
     "w/o H": ("--no_hyperbolic",),
     "w/o E": ("--no_euclidean",),
     "w/o S": ("--no_spherical",),
     "w/o Meta Pattern": ("--no_meta_pattern",),
     "w/o Guidance": ("--no_guidance",),
-    # Not in the paper (so not run unless named in --variants): eq. 15's mean with each relation weighing
-    # the same instead of each edge.
+    # Not in the paper: eq. 15's mean with each relation weighing the same instead of each edge.
     "KGDiff (relation mean)": ("--neighbor_weighting", "relation"),
 }
-DEFAULT_VARIANTS = [name for name in VARIANTS if name != "KGDiff (relation mean)"]
+# The rows of a run without --variants.
+DEFAULT_VARIANTS = [MODEL_NAME]
 BASELINE_LABELS = {
     "random_training_days": "random training days",
     "global_mean_profile": "global mean profile",
@@ -124,8 +151,9 @@ BASELINE_LABELS = {
     "knn5_profile": "kNN k=5 profile",
     "knn5_days": "kNN k=5 days",
 }
-TABLE_METRICS = {"mae": "MAE", "rmse": "RMSE", "mmd": "MMD", "jsd": "JSD"}
-ALL_METRICS = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "jsd")
+# Reference lines of the --curve plot.
+CURVE_BASELINES = ("random_training_days", "knn3_profile", "knn5_days")
+CURVE_METRICS = ("mae", "mmd_fixed_bandwidth", "crps", "spread_ratio")
 
 
 @dataclass(frozen=True)
@@ -140,26 +168,39 @@ class Budget:
     num_inference_steps: int
     max_days_per_node: int
     tucker_max_seconds: float
+    curve_steps: int
+    curve_every: int
 
 
 BUDGETS = {
-    "quick": Budget("cpu-small", 40, 32, 4, "ddim", 20, 8, 30.0),
-    "full": Budget("cpu-small", 200, 32, 20, "ddim", 20, 20, 120.0),
+    "quick": Budget("cpu-small", 40, 32, 4, "ddim", 20, 8, 30.0, 120, 40),
+    "full": Budget("cpu-small", 400, 32, 40, "ddim", 20, 20, 120.0, 2000, 200),
 }
-QUICK_DEFAULTS = {"datasets": "nyc,pems", "seeds": "0"}
-FULL_DEFAULTS = {"datasets": "nyc,pems", "seeds": "0,1,2"}
+QUICK_DEFAULTS = {"datasets": "nyc,pems", "seeds": "0", "splits": "fold0,fold1"}
+FULL_DEFAULTS = {"datasets": "nyc,pems", "seeds": "0", "splits": "fold0,fold1,fold2,fold3,paper"}
+OVERRIDES = ("max_train_steps", "train_batch_size", "max_days_per_node", "num_inference_steps", "curve_steps",
+             "curve_every")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 seed and a tiny training budget (a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="2 folds and a tiny training budget (minutes)")
+    parser.add_argument("--curve", action="store_true",
+                        help="validation-node quality vs training steps of the first variant, per data set")
     parser.add_argument("--datasets", help="comma-separated subset of: " + ",".join(DATASETS) + " (default: both)")
-    parser.add_argument("--seeds", help="comma-separated training/evaluation seeds (default: 0,1,2; quick: 0)")
-    parser.add_argument("--variants", help="comma-separated model rows (default: the paper's, all but the last): "
+    parser.add_argument("--splits", help="comma-separated fold0..foldN-1 and/or paper (default: all; quick: "
+                        "fold0,fold1)")
+    parser.add_argument("--num_folds", type=int, default=4, help="latitude bands")
+    parser.add_argument("--validation_fraction", type=float, default=0.2,
+                        help="share of each split's training side held out as validation nodes")
+    parser.add_argument("--seeds", help="comma-separated training/evaluation seeds (default: 0)")
+    parser.add_argument("--variants", help=f"comma-separated model rows (default: {','.join(DEFAULT_VARIANTS)}): "
                         + ",".join(VARIANTS))
-    parser.add_argument("--output", type=Path, default=Path("bench/results/quality.json"), help="results JSON")
+    parser.add_argument("--output", type=Path, help="results JSON (default: bench/results/quality.json, "
+                        "quality_curve.json with --curve)")
     parser.add_argument("--prepared_dir", type=Path, default=Path("bench/results/data"),
-                        help="prepared dataset folders (<dir>/nyc_bike, <dir>/pems_bay_16); made if absent")
+                        help="prepared base folders (<dir>/nyc_bike, <dir>/pems_bay_16); made if absent")
+    parser.add_argument("--splits_dir", type=Path, default=Path("bench/results/splits"), help="split folders")
     parser.add_argument("--runs_dir", type=Path, default=Path("bench/results/runs"), help="trained models")
     parser.add_argument("--data_root", type=Path, default=DEFAULT_DATA_ROOT, help="the shared real data folder")
     parser.add_argument("--jobs", type=int, default=2, help="models trained at the same time")
@@ -169,35 +210,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_batch_size", type=int, help="override the budget's batch size")
     parser.add_argument("--max_days_per_node", type=int, help="override the real days compared per test node")
     parser.add_argument("--num_inference_steps", type=int, help="override the sampler steps")
+    parser.add_argument("--curve_steps", type=int, help="--curve: training steps (full 2000, quick 120)")
+    parser.add_argument("--curve_every", type=int, help="--curve: validation every N steps (full 200, quick 40)")
     parser.add_argument("--rerun", action="store_true", help="retrain even where a finished run can be reused")
     parser.add_argument("--keep_checkpoints", action="store_true", help="keep the training checkpoints")
     args = parser.parse_args(argv)
     defaults = QUICK_DEFAULTS if args.quick else FULL_DEFAULTS
     args.datasets = _split(args.datasets or defaults["datasets"])
-    args.variants = _split(args.variants) if args.variants else DEFAULT_VARIANTS
+    args.variants = _split(args.variants) if args.variants else list(DEFAULT_VARIANTS)
+    args.splits = _split(args.splits or defaults["splits"])
     try:
         args.seeds = [int(seed) for seed in _split(args.seeds or defaults["seeds"])]
     except ValueError:
         parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    for name, chosen, known in (("datasets", args.datasets, DATASETS), ("variants", args.variants, VARIANTS)):
+    if not 2 <= args.num_folds <= 16:
+        parser.error(f"--num_folds must be between 2 and 16, got {args.num_folds}")
+    known_splits = [f"fold{k}" for k in range(args.num_folds)] + [PAPER_SPLIT]
+    for name, chosen, known in (("datasets", args.datasets, DATASETS), ("variants", args.variants, VARIANTS),
+                                ("splits", args.splits, known_splits)):
         unknown = [item for item in chosen if item not in known]
         if unknown or not chosen:
             parser.error(f"--{name}: unknown or empty {unknown or chosen}; choose from {', '.join(known)}")
-    if MODEL_NAME not in args.variants:
-        parser.error(f"--variants must include {MODEL_NAME} (its evaluation also scores the baselines)")
+    if not 0.0 < args.validation_fraction < 1.0:
+        parser.error(f"--validation_fraction must be in (0, 1), got {args.validation_fraction}")
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
     base = BUDGETS["quick" if args.quick else "full"]
-    overrides = {
-        name: getattr(args, name)
-        for name in ("max_train_steps", "train_batch_size", "max_days_per_node", "num_inference_steps")
-        if getattr(args, name) is not None
-    }
+    overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
     if any(value < 1 for value in overrides.values()):
         parser.error(f"budget overrides must be >= 1, got {overrides}")
     if "max_train_steps" in overrides:
         overrides["lr_warmup_steps"] = max(1, overrides["max_train_steps"] // 10)
     args.budget = Budget(**{**asdict(base), **overrides})
+    if args.output is None:
+        args.output = Path("bench/results/quality_curve.json" if args.curve else "bench/results/quality.json")
     return args
 
 
@@ -267,43 +313,88 @@ def ensure_prepared(key: str, args: argparse.Namespace) -> tuple[Path, list[str]
     return folder, command
 
 
-def train_command(data_dir: Path, output_dir: Path, variant: str, seed: int, budget: Budget) -> list[str]:
-    """The ``scripts/train.py`` command of one model (no validation during training, no tracker)."""
+def split_dataset(base: PreparedDataset, split: str, num_folds: int, validation_fraction: float) -> PreparedDataset:
+    """The dataset of one split: ``foldK`` (latitude band K is the test set) or ``paper`` (the base folder's).
+
+    Validation nodes are the ``validation_fraction`` highest-latitude nodes of the training side; the result
+    never has a validation node among its test nodes (checked here and by ``with_split``).
+    """
+    if split == PAPER_SPLIT:
+        test = base.test_node_ids
+        rule = "paper: the prepared folder's highest-latitude test nodes"
+    else:
+        fold = int(split[len("fold"):])
+        test = latitude_folds(base.node_table, num_folds)[fold]
+        rule = f"fold {fold} of {num_folds} latitude bands (0 = northernmost)"
+    train_side = [node_id for node_id in base.node_ids if node_id not in set(test)]
+    _, validation = split_validation_nodes(base.node_table, train_side, validation_fraction)
+    dataset = base.with_split(test, validation, rule=f"{rule}; validation = the {validation_fraction:g} "
+                              "highest-latitude share of the training side")
+    assert not set(dataset.validation_node_ids) & set(dataset.test_node_ids)
+    return dataset
+
+
+def ensure_split(key: str, split: str, base_dir: Path, args: argparse.Namespace) -> Path:
+    """The prepared folder of ``split`` of data set ``key`` (rebuilt unless its node split is already right)."""
+    base = PreparedDataset.load(base_dir)
+    dataset = split_dataset(base, split, args.num_folds, args.validation_fraction)
+    folder = args.splits_dir / DATASETS[key].folder / split
+    if (folder / "prepared.json").is_file():
+        existing = PreparedDataset.load(folder)
+        if (existing.node_table["split"].tolist() == dataset.node_table["split"].tolist()
+                and existing.node_ids == dataset.node_ids and existing.dates == dataset.dates):
+            return folder
+    dataset.save(folder, overwrite=True)
+    return folder
+
+
+def train_command(data_dir: Path, output_dir: Path, variant: str, seed: int, budget: Budget,
+                  curve: bool = False) -> list[str]:
+    """The ``scripts/train.py`` command of one model (no tracker).
+
+    A bench model validates once, at its last step; a ``curve`` run every ``budget.curve_every`` steps up to
+    ``budget.curve_steps``, with the evaluation's sampler and days per node.
+    """
+    steps = budget.curve_steps if curve else budget.max_train_steps
+    warmup = max(1, steps // 10) if curve else budget.lr_warmup_steps
     return [
         sys.executable, "scripts/train.py",
         "--dataset", _relative(data_dir), "--output_dir", _relative(output_dir), "--overwrite_output_dir",
         "--preset", budget.preset, "--seed", str(seed),
-        "--max_train_steps", str(budget.max_train_steps), "--train_batch_size", str(budget.train_batch_size),
-        "--lr_warmup_steps", str(budget.lr_warmup_steps),
-        "--checkpointing_steps", str(budget.max_train_steps), "--checkpoints_total_limit", "1",
-        "--validation_steps", str(budget.max_train_steps), "--report_to", "none",
+        "--max_train_steps", str(steps), "--train_batch_size", str(budget.train_batch_size),
+        "--lr_warmup_steps", str(warmup),
+        "--checkpointing_steps", str(steps), "--checkpoints_total_limit", "1",
+        "--validation_steps", str(budget.curve_every if curve else steps),
+        "--validation_sampler", budget.sampler, "--validation_inference_steps", str(budget.num_inference_steps),
+        "--validation_max_days", str(budget.max_days_per_node), "--report_to", "none",
         *VARIANTS[variant],
     ]
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One model to train and evaluate: data set key, row name, seed."""
+    """One model to train and evaluate: data set key, split, row name, seed."""
 
     dataset: str
+    split: str
     variant: str
     seed: int
 
 
 def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int) -> dict:
-    """Scores a trained pipeline on its data set's test nodes (``evaluate_pipeline``) and returns its metrics.
+    """Scores a trained pipeline on its split's test nodes (``evaluate_pipeline``, no baselines).
 
     Runs in a fresh process (``python bench/quality.py evaluate-run ...``) so that it uses the code the model
     was just trained with, and evaluations of parallel jobs do not share one interpreter.
 
     Args:
         model_dir: a ``KGDiffPipeline.save_pretrained`` folder.
-        data_dir: the prepared data set it was trained on.
-        evaluation: ``sampler``, ``num_inference_steps``, ``max_days_per_node``, ``seed``, ``include_baselines``.
+        data_dir: the split folder it was trained on.
+        evaluation: ``sampler``, ``num_inference_steps``, ``max_days_per_node``, ``seed``.
         threads: ``torch.set_num_threads``.
 
     Returns:
-        ``{"methods": {name: metrics}, "num_test_nodes", "num_real_days", "test_node_ids"}``.
+        ``{"metrics", "num_test_nodes", "num_real_days", "test_node_ids"}``.
     """
     torch.set_num_threads(threads)
     pipe = KGDiffPipeline.from_pretrained(model_dir)
@@ -311,10 +402,11 @@ def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int
     with torch.inference_mode():
         result = evaluate_pipeline(
             pipe, PreparedDataset.load(data_dir), num_inference_steps=evaluation["num_inference_steps"],
-            sampler=evaluation["sampler"], seed=evaluation["seed"],
-            include_baselines=evaluation["include_baselines"], max_days_per_node=evaluation["max_days_per_node"],
+            sampler=evaluation["sampler"], seed=evaluation["seed"], include_baselines=False,
+            max_days_per_node=evaluation["max_days_per_node"],
         )
-    return {key: result.metrics[key] for key in ("methods", "num_test_nodes", "num_real_days", "test_node_ids")}
+    return {"metrics": result.metrics["methods"][MODEL_NAME],
+            **{key: result.metrics[key] for key in ("num_test_nodes", "num_real_days", "test_node_ids")}}
 
 
 def _evaluate_main(argv: list[str]) -> None:
@@ -334,25 +426,28 @@ def _run_logged(command: list[str], log_path: Path, threads: int, what: str) -> 
     return time.perf_counter() - start
 
 
+def _run_folder(args: argparse.Namespace, unit: Unit, curve: bool = False) -> Path:
+    variant = re.sub(r"[^a-z0-9]+", "_", unit.variant.lower().replace("w/o ", "no_")).strip("_")
+    name = f"{'curve_' if curve else ''}{variant}_seed{unit.seed}"
+    return (args.runs_dir / unit.dataset / unit.split / name).resolve()
+
+
+def _evaluation_settings(args: argparse.Namespace, seed: int) -> dict:
+    budget = args.budget
+    return {"sampler": budget.sampler, "num_inference_steps": budget.num_inference_steps,
+            "max_days_per_node": budget.max_days_per_node, "seed": seed, "code_version": args.code_version}
+
+
 def run_unit(unit: Unit, data_dir: Path, args: argparse.Namespace) -> dict:
-    """Trains one model and evaluates it on the test nodes, each in its own process.
+    """Trains one model and evaluates it on its split's test nodes, each in its own process.
 
     Returns:
-        ``{"unit", "command", "evaluation", "methods", "train_seconds", "evaluate_seconds", "reused", ...}``;
-        ``methods`` holds the row's metrics, plus the baselines' for the full model.
+        ``{"unit", "command", "evaluation", "metrics", "validation", "train_seconds", "evaluate_seconds",
+        "reused", ...}``; ``validation`` is the last ``validation.json`` entry (the validation nodes' scores).
     """
-    budget = args.budget
-    variant_folder = re.sub(r"[^a-z0-9]+", "_", unit.variant.lower().replace("w/o ", "no_")).strip("_")
-    output_dir = (args.runs_dir / unit.dataset / f"{variant_folder}_seed{unit.seed}").resolve()
-    command = train_command(data_dir, output_dir, unit.variant, unit.seed, budget)
-    evaluation = {
-        "sampler": budget.sampler,
-        "num_inference_steps": budget.num_inference_steps,
-        "max_days_per_node": budget.max_days_per_node,
-        "seed": unit.seed,
-        "include_baselines": unit.variant == MODEL_NAME,
-        "code_version": args.code_version,
-    }
+    output_dir = _run_folder(args, unit)
+    command = train_command(data_dir, output_dir, unit.variant, unit.seed, args.budget)
+    evaluation = _evaluation_settings(args, unit.seed)
     shown = [Path(command[0]).name, *command[1:]]
     result_path = output_dir / RESULT_FILE
     if not args.rerun and result_path.is_file():
@@ -371,13 +466,14 @@ def run_unit(unit: Unit, data_dir: Path, args: argparse.Namespace) -> dict:
     ]
     evaluate_seconds = _run_logged(evaluate_command, output_dir / "evaluate.log", args.threads, f"evaluating {unit}")
     scores = json.loads(scores_path.read_text())
-    methods = dict(scores["methods"])
-    methods[unit.variant] = methods.pop(MODEL_NAME)
+    validation_path = output_dir / "validation.json"
+    validation = json.loads(validation_path.read_text())["history"][-1] if validation_path.is_file() else None
     record = {
         "unit": asdict(unit),
         "command": shown,
         "evaluation": evaluation,
-        "methods": methods,
+        "metrics": scores["metrics"],
+        "validation": validation,
         "num_test_nodes": scores["num_test_nodes"],
         "num_real_days": scores["num_real_days"],
         "test_node_ids": scores["test_node_ids"],
@@ -389,27 +485,44 @@ def run_unit(unit: Unit, data_dir: Path, args: argparse.Namespace) -> dict:
     return {**record, "reused": False}
 
 
-def aggregate(records: list[dict]) -> dict:
-    """``{dataset: {method: {metric: {"mean", "std", "values"}}}}`` over the seeds (sample std, ddof = 1).
+def baseline_rows(key: str, split: str, data_dir: Path, seeds: list[int], budget: Budget) -> list[dict]:
+    """The baselines' scores on the split's test nodes, one row per seed (same days as the models')."""
+    dataset = PreparedDataset.load(data_dir)
+    rows = []
+    for seed in seeds:
+        metrics = evaluate_baselines(dataset, "test", seed=seed, max_days_per_node=budget.max_days_per_node)
+        rows += [{"dataset": key, "split": split, "method": method, "seed": seed, "metrics": scores}
+                 for method, scores in metrics["methods"].items()]
+    return rows
 
-    ``std`` is ``None`` for a single seed; undefined metric values (``None``) are left out.
+
+def group_of(split: str) -> str:
+    """``"folds"`` for ``foldK`` splits, ``"paper"`` for the paper split."""
+    return PAPER_SPLIT if split == PAPER_SPLIT else "folds"
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """``{dataset: {group: {method: {metric: {"mean", "std", "values"}}}}}`` over splits x seeds.
+
+    ``group`` is ``"folds"`` (every ``foldK`` split and seed is one value) or ``"paper"`` (one value per seed);
+    ``std`` is the sample std (ddof 1), ``None`` for a single value; undefined values (``None``) are left out.
     """
     collected: dict = {}
-    for record in sorted(records, key=lambda r: r["unit"]["seed"]):
-        per_dataset = collected.setdefault(record["unit"]["dataset"], {})
-        for method, scores in record["methods"].items():
-            for metric in ALL_METRICS:
-                per_dataset.setdefault(method, {}).setdefault(metric, []).append(scores.get(metric))
+    for row in sorted(rows, key=lambda r: (r["split"], r["seed"])):
+        methods = collected.setdefault(row["dataset"], {}).setdefault(group_of(row["split"]), {})
+        for metric in METRIC_NAMES:
+            methods.setdefault(row["method"], {}).setdefault(metric, []).append(row["metrics"].get(metric))
     summary: dict = {}
-    for dataset, methods in collected.items():
-        for method, metrics in methods.items():
-            for metric, values in metrics.items():
-                finite = np.asarray([v for v in values if v is not None], dtype=np.float64)
-                summary.setdefault(dataset, {}).setdefault(method, {})[metric] = {
-                    "mean": float(finite.mean()) if finite.size else None,
-                    "std": float(finite.std(ddof=1)) if finite.size > 1 else None,
-                    "values": values,
-                }
+    for dataset, groups in collected.items():
+        for group, methods in groups.items():
+            for method, metrics in methods.items():
+                for metric, values in metrics.items():
+                    finite = np.asarray([v for v in values if v is not None], dtype=np.float64)
+                    summary.setdefault(dataset, {}).setdefault(group, {}).setdefault(method, {})[metric] = {
+                        "mean": float(finite.mean()) if finite.size else None,
+                        "std": float(finite.std(ddof=1)) if finite.size > 1 else None,
+                        "values": values,
+                    }
     return summary
 
 
@@ -418,58 +531,116 @@ def _method_order(methods: dict) -> list[str]:
     return models + [name for name in BASELINE_LABELS if name in methods]
 
 
-def _cell(stats: dict, digits: int, best: bool) -> str:
+def _cell(metric: str, stats: dict, best: bool) -> str:
     if stats["mean"] is None:
         return "n/a"
-    text = f"{stats['mean']:.{digits}f}"
+    text = format_metric(metric, stats["mean"])
     if stats["std"] is not None:
-        text += f" ± {stats['std']:.{digits}f}"
+        text += " ± " + format_metric(metric, stats["std"])
     return f"**{text}**" if best else text
 
 
-def quality_table(summary: dict, dataset: str) -> str:
-    """Markdown table of one data set: rows = models then baselines, columns = MAE, RMSE, MMD, JSD.
+def quality_table(methods: dict) -> str:
+    """Markdown table of one data set and group: rows = models then baselines, a column per metric.
 
-    Cells are ``mean ± std`` over the seeds; the lowest mean of each column is bold.
+    Cells are ``mean ± std``; the best mean of each column (the lowest; the spread ratio nearest 1) is bold.
     """
-    methods = summary[dataset]
     order = _method_order(methods)
-    best = {
-        metric: min((methods[m][metric]["mean"] for m in order if methods[m][metric]["mean"] is not None),
-                    default=None)
-        for metric in TABLE_METRICS
-    }
-    rows = []
-    for method in order:
-        cells = [
-            _cell(methods[method][metric], 3 if metric in ("mae", "rmse") else 4,
-                  methods[method][metric]["mean"] == best[metric])
-            for metric in TABLE_METRICS
-        ]
-        rows.append([BASELINE_LABELS.get(method, method), *cells])
-    return markdown_table(["method", *TABLE_METRICS.values()], rows)
+    best = {metric: best_value(metric, [methods[m][metric]["mean"] for m in order]) for metric in METRIC_NAMES}
+    rows = [
+        [BASELINE_LABELS.get(method, method),
+         *(_cell(metric, methods[method][metric], methods[method][metric]["mean"] == best[metric])
+           for metric in METRIC_NAMES)]
+        for method in order
+    ]
+    return markdown_table(["method", *(METRIC_LABELS[m] for m in METRIC_NAMES)], rows)
 
 
 def render(summary: dict, args: argparse.Namespace, details: dict) -> str:
-    """All tables with a header line per data set and the settings behind them."""
+    """All tables with a header line per data set and group and the settings behind them."""
     budget = args.budget
     seeds = ",".join(str(seed) for seed in args.seeds)
     lines = [
         f"Budget per model: preset {budget.preset}, {budget.max_train_steps} steps x batch "
         f"{budget.train_batch_size}; sampler {budget.sampler.upper()} {budget.num_inference_steps} steps; at most "
-        f"{budget.max_days_per_node} real days per test node; mean ± std over seeds {seeds}.",
-        f"{MMD_BANDWIDTH_NOTE}. JSD: 50-bin value histograms, natural log.",
+        f"{budget.max_days_per_node} real days per test node; seeds {seeds}; validation nodes: the "
+        f"{args.validation_fraction:g} highest-latitude share of each split's training side (not trained on).",
+        f"{MMD_BANDWIDTH_NOTE}. JSD: 50-bin value histograms, natural log. CRPS: data units. Spread ratio: std of "
+        "generated / real days per step (1 is right). Out of range: generated values below 0 on non-negative data.",
         "",
     ]
     for dataset in args.datasets:
-        info = details[dataset]
-        lines += [
-            f"### {DATASETS[dataset].label}: {info['num_test_nodes']} test nodes, "
-            f"{info['num_real_days']} real days compared per seed",
-            "",
-            quality_table(summary, dataset),
-        ]
+        for group in ("folds", PAPER_SPLIT):
+            if group not in summary.get(dataset, {}):
+                continue
+            info = details[dataset][group]
+            if group == "folds":
+                title = (f"{len(info['splits'])} of {args.num_folds} latitude folds ({', '.join(info['splits'])}), "
+                         f"{info['num_test_nodes']} test nodes in all; mean ± std over folds x seeds")
+            else:
+                title = f"paper split: {info['num_test_nodes']} test nodes; mean ± std over seeds"
+            lines += [f"### {DATASETS[dataset].label}: {title}", "", quality_table(summary[dataset][group]), ""]
     return "\n".join(lines)
+
+
+def run_curve(key: str, data_dir: Path, args: argparse.Namespace) -> dict:
+    """Trains the first variant on the paper split, validating every ``curve_every`` steps.
+
+    Returns:
+        ``{"command", "history": [{"step", "metrics"}], "baselines": {name: metrics}, "validation_node_ids",
+        "train_seconds"}``; the baselines are scored on the same validation nodes and days.
+    """
+    unit = Unit(key, PAPER_SPLIT, args.variants[0], args.seeds[0])
+    output_dir = _run_folder(args, unit, curve=True)
+    command = train_command(data_dir, output_dir, unit.variant, unit.seed, args.budget, curve=True)
+    shown = [Path(command[0]).name, *command[1:]]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    train_seconds = _run_logged(command, output_dir / "train.log", args.threads, f"curve training {unit}")
+    if not args.keep_checkpoints:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    validation = json.loads((output_dir / "validation.json").read_text())
+    baselines = evaluate_baselines(PreparedDataset.load(data_dir), "validation", seed=unit.seed,
+                                   max_days_per_node=args.budget.max_days_per_node)
+    return {"unit": asdict(unit), "command": shown, "history": validation["history"],
+            "best_step": validation["best_step"], "best_metric": validation["metric"],
+            "validation_node_ids": validation["validation_node_ids"], "baselines": baselines["methods"],
+            "train_seconds": round(train_seconds, 1)}
+
+
+def curve_table(curve: dict) -> str:
+    """Markdown table: a row per validation step of the model, then the baselines on the same nodes."""
+    rows = [[str(entry["step"]), *(format_metric(m, entry["metrics"].get(m)) for m in CURVE_METRICS)]
+            for entry in curve["history"]]
+    rows += [[BASELINE_LABELS[name], *(format_metric(m, curve["baselines"][name].get(m)) for m in CURVE_METRICS)]
+             for name in CURVE_BASELINES]
+    return markdown_table(["step / baseline", *(METRIC_LABELS[m] for m in CURVE_METRICS)], rows)
+
+
+def plot_curves(curves: dict, path: Path) -> Path:
+    """One row per data set, one column per metric: validation quality vs steps, baselines as dashed lines."""
+    figure = Figure(figsize=(4.0 * len(CURVE_METRICS), 3.0 * len(curves)), layout="constrained")
+    axes = figure.subplots(len(curves), len(CURVE_METRICS), squeeze=False)
+    for row, (key, curve) in enumerate(curves.items()):
+        steps = [entry["step"] for entry in curve["history"]]
+        for column, metric in enumerate(CURVE_METRICS):
+            axis = axes[row, column]
+            values = [np.nan if entry["metrics"].get(metric) is None else entry["metrics"][metric]
+                      for entry in curve["history"]]
+            axis.plot(steps, values, marker="o", label=curve["unit"]["variant"])
+            for name in CURVE_BASELINES:
+                value = curve["baselines"][name].get(metric)
+                if value is not None:
+                    axis.axhline(value, linestyle="--", linewidth=1, label=BASELINE_LABELS[name],
+                                 color=f"C{1 + CURVE_BASELINES.index(name)}")
+            if metric == "spread_ratio":
+                axis.axhline(1.0, color="black", linewidth=0.8)
+            axis.set_title(f"{key}: {METRIC_LABELS[metric]} (validation nodes)", fontsize=9)
+            axis.set_xlabel("training step")
+            if row == 0 and column == 0:
+                axis.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -480,70 +651,102 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     machine = machine_info()
 
-    prepare_commands, data_dirs = {}, {}
+    prepare_commands, base_dirs = {}, {}
     for key in args.datasets:
-        data_dirs[key], command = ensure_prepared(key, args)
+        base_dirs[key], command = ensure_prepared(key, args)
         if command is not None:
             prepare_commands[key] = [Path(command[0]).name, *command[1:]]
+    splits = [PAPER_SPLIT] if args.curve else args.splits
+    split_dirs = {(key, split): ensure_split(key, split, base_dirs[key], args)
+                  for key in args.datasets for split in splits}
     prepare_seconds = time.perf_counter() - started
+    common = {
+        "machine": machine,
+        "budget": asdict(args.budget),
+        "seeds": args.seeds,
+        "jobs": args.jobs,
+        "threads": args.threads,
+        "validation_fraction": args.validation_fraction,
+        "num_folds": args.num_folds,
+        "mmd_bandwidth": MMD_BANDWIDTH_NOTE,
+        "command": " ".join(["python", "bench/quality.py", *(sys.argv[1:] if argv is None else argv)]),
+        "prepare_commands": prepare_commands,
+    }
+    if args.curve:
+        curves = {key: run_curve(key, split_dirs[(key, PAPER_SPLIT)], args) for key in args.datasets}
+        tables = "\n\n".join(
+            f"### {DATASETS[key].label}: validation nodes {', '.join(curve['validation_node_ids'])}, "
+            f"{curve['unit']['variant']}, best step by {curve['best_metric']}: {curve['best_step']}\n\n"
+            + curve_table(curve) for key, curve in curves.items()
+        )
+        print(tables)
+        picture = plot_curves(curves, args.output.with_suffix(".png"))
+        output = {"benchmark": "quality-curve", **common, "curves": curves, "picture": str(picture),
+                  "seconds": round(time.perf_counter() - started, 1)}
+        _write(args.output, output, tables)
+        return
 
-    units = [Unit(d, v, s) for d in args.datasets for s in args.seeds for v in args.variants]
+    units = [Unit(d, sp, v, s) for d in args.datasets for sp in args.splits for s in args.seeds for v in args.variants]
     records = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_unit, u, data_dirs[u.dataset], args) for u in units]
+        futures = [pool.submit(run_unit, u, split_dirs[(u.dataset, u.split)], args) for u in units]
         for future in tqdm(as_completed(futures), total=len(futures), desc="models"):
             record = future.result()
             unit = record["unit"]
-            logger.info(
-                "%s %s seed %d: MAE %.3f, MMD %.4f (train %.0f s, evaluate %.0f s%s)", unit["dataset"],
-                unit["variant"], unit["seed"], record["methods"][unit["variant"]]["mae"],
-                record["methods"][unit["variant"]]["mmd"], record["train_seconds"], record["evaluate_seconds"],
-                ", reused" if record["reused"] else "",
-            )
+            logger.info("%s %s %s seed %d: MAE %.3f, CRPS %.3f (train %.0f s, evaluate %.0f s%s)", unit["dataset"],
+                        unit["split"], unit["variant"], unit["seed"], record["metrics"]["mae"],
+                        record["metrics"]["crps"], record["train_seconds"], record["evaluate_seconds"],
+                        ", reused" if record["reused"] else "")
             records.append(record)
+    rows = [{"dataset": r["unit"]["dataset"], "split": r["unit"]["split"], "method": r["unit"]["variant"],
+             "seed": r["unit"]["seed"], "metrics": r["metrics"]} for r in records]
+    for (key, split), data_dir in split_dirs.items():
+        rows += baseline_rows(key, split, data_dir, args.seeds, args.budget)
 
     final_version = code_version()
     if final_version != args.code_version:
         logger.warning("the code changed during the run (%s -> %s): rerun with --rerun for consistent results",
                        args.code_version, final_version)
-    summary = aggregate(records)
-    details = {}
+    summary = aggregate(rows)
+    details: dict = {}
     for key in args.datasets:
-        first = next(r for r in records if r["unit"]["dataset"] == key)
-        details[key] = {name: first[name] for name in ("num_test_nodes", "num_real_days", "test_node_ids")}
-        details[key]["prepared_dir"] = str(data_dirs[key])
+        for group in {group_of(split) for split in args.splits}:
+            chosen = [split for split in args.splits if group_of(split) == group]
+            tested = {split: PreparedDataset.load(split_dirs[(key, split)]).test_node_ids for split in chosen}
+            details.setdefault(key, {})[group] = {
+                "splits": chosen, "num_test_nodes": sum(len(ids) for ids in tested.values()),
+                "test_node_ids": tested,
+                "validation_node_ids": {split: PreparedDataset.load(split_dirs[(key, split)]).validation_node_ids
+                                        for split in chosen},
+            }
     tables = render(summary, args, details)
     print(tables)
-
-    total_seconds = time.perf_counter() - started
     output = {
         "benchmark": "quality",
         "mode": "quick" if args.quick else "full",
-        "machine": machine,
+        **common,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "budget": asdict(args.budget),
-        "seeds": args.seeds,
-        "jobs": args.jobs,
-        "threads": args.threads,
-        "mmd_bandwidth": MMD_BANDWIDTH_NOTE,
         "code_version": {"start": args.code_version, "end": final_version},
-        "command": " ".join(["python", "bench/quality.py", *(sys.argv[1:] if argv is None else argv)]),
-        "prepare_commands": prepare_commands,
         "datasets": details,
         "summary": summary,
-        "runs": sorted(records, key=lambda r: (r["unit"]["dataset"], r["unit"]["seed"], r["unit"]["variant"])),
+        "rows": rows,
+        "runs": sorted(records, key=lambda r: tuple(r["unit"].values())),
         "seconds": {
-            "total": round(total_seconds, 1),
+            "total": round(time.perf_counter() - started, 1),
             "prepare": round(prepare_seconds, 1),
             "train_sum": round(sum(r["train_seconds"] for r in records if not r["reused"]), 1),
             "evaluate_sum": round(sum(r["evaluate_seconds"] for r in records if not r["reused"]), 1),
             "reused_runs": sum(r["reused"] for r in records),
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(output, indent=2))
-    args.output.with_suffix(".md").write_text(tables)
-    logger.info("wrote %s and %s in %.0f s", args.output, args.output.with_suffix(".md"), total_seconds)
+    _write(args.output, output, tables)
+
+
+def _write(path: Path, output: dict, tables: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(output, indent=2))
+    path.with_suffix(".md").write_text(tables)
+    logger.info("wrote %s and %s", path, path.with_suffix(".md"))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import (
     MODEL_NAME,
+    best_value,
     check_pipeline_matches,
     evaluate_baselines,
     evaluate_pipeline,
@@ -229,6 +230,8 @@ def test_markdown_table_marks_the_best_value_per_column():
     rows = markdown_table(spread).splitlines()
     assert "| 0.500 |" in rows[2] and "| 6.00% |" in rows[2]
     assert "| **1.200** |" in rows[3] and "| **0.00%** |" in rows[3]  # nearest to 1 is the best spread
+    assert best_value("spread_ratio", [0.0, 2.5, None]) == 2.5  # no spread is worse than 2.5x too much
+    assert best_value("spread_ratio", [0.45, 2.0]) == 2.0 and best_value("mae", [None, 3.0, 2.0]) == 2.0
 
 
 def test_new_node_neighbors_reads_both_directions_and_drops_unknown_names():

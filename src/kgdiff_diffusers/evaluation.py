@@ -46,8 +46,9 @@ METRIC_LABELS = {
     "spread_ratio": "spread ratio",
     "out_of_range": "out of range",
 }
-# The best value of a metric: the lowest, except the spread ratio, whose ideal is 1.
-METRIC_TARGETS = {"spread_ratio": 1.0}
+# Metrics whose best value is the nearest to 1 by ratio (|ln r| smallest: 2x too wide = 2x too narrow), not
+# the lowest.
+RATIO_METRICS = ("spread_ratio",)
 MMD_BANDWIDTH_NOTE = (
     "MMD: bw0 = mean squared pairwise distance of the node's pooled real + generated days (KSTDiff); "
     "MMD-fixed: bw0 = mean squared pairwise distance of the node's real days only"
@@ -328,13 +329,15 @@ def format_metric(name: str, value: float | None) -> str:
     return f"{value:.3f}" if name in ("mae", "rmse", "crps", "spread_ratio") else f"{value:.4f}"
 
 
-def best_value(name: str, values: Sequence[float]) -> float | None:
-    """The best of ``values`` for metric ``name``: the lowest, or the nearest to 1 for the spread ratio."""
+def best_value(name: str, values: Sequence[float | None]) -> float | None:
+    """The best of ``values`` for metric ``name``: the lowest, or for the spread ratio the one with the smallest
+    ``|ln r|`` (0, no spread at all, is the worst); ``None`` values are skipped."""
     values = [value for value in values if value is not None]
     if not values:
         return None
-    target = METRIC_TARGETS.get(name)
-    return min(values) if target is None else min(values, key=lambda value: abs(value - target))
+    if name not in RATIO_METRICS:
+        return min(values)
+    return min(values, key=lambda value: abs(math.log(value)) if value > 0 else math.inf)
 
 
 def markdown_table(metrics: dict) -> str:

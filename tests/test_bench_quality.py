@@ -1,0 +1,98 @@
+"""bench/quality.py's protocol: spatial folds, validation nodes from the training side, fold aggregation."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kgdiff_diffusers.data.prepared import prepare_dataset
+from kgdiff_diffusers.data.synthetic import make_synthetic_city
+from kgdiff_diffusers.kg.tucker import pretrain_tucker
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_quality", BENCH / "quality.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_quality"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+@pytest.fixture(scope="module")
+def base():
+    data, kg = make_synthetic_city(num_nodes=22, num_days=8, seed=0)
+    tucker = pretrain_tucker(kg, embedding_dim=8, epochs=1, show_progress=False)
+    return prepare_dataset(data, kg, "tiny_city", entity_embeddings=tucker.entity_embeddings,
+                           relation_embeddings=tucker.relation_embeddings)
+
+
+def test_folds_test_every_node_once_and_validate_on_the_training_side(quality, base):
+    splits = [quality.split_dataset(base, f"fold{k}", 4, 0.2) for k in range(4)]
+    tested = [node for split in splits for node in split.test_node_ids]
+    assert sorted(tested) == sorted(base.node_ids)  # every node a test node exactly once
+    lat = dict(zip(base.node_ids, base.node_table["lat"]))
+    for split in splits:
+        assert len(split.validation_node_ids) == round(0.2 * (22 - len(split.test_node_ids)))
+        assert not set(split.validation_node_ids) & set(split.test_node_ids)
+        assert not set(split.validation_node_ids) & set(split.train_node_ids)
+        train_side = [n for n in base.node_ids if n not in split.test_node_ids]
+        northern = sorted(train_side, key=lambda n: -lat[n])[: len(split.validation_node_ids)]
+        assert sorted(split.validation_node_ids) == sorted(northern)
+        rows = split.train_rows
+        values = split.days[rows][split.day_mask[rows]].astype(np.float64)
+        np.testing.assert_allclose(split.feature_mean, values.mean(axis=(0, 1)), rtol=1e-6)
+        assert split.entity_embeddings is base.entity_embeddings  # TuckER is not re-run
+    paper = quality.split_dataset(base, "paper", 4, 0.2)
+    assert paper.test_node_ids == base.test_node_ids
+
+
+def test_split_folders_are_reused_only_when_their_split_matches(quality, base, tmp_path):
+    base.save(tmp_path / "base")
+    args = quality.parse_args(["--quick", "--splits_dir", str(tmp_path / "splits")])
+    folder = quality.ensure_split("nyc", "fold1", tmp_path / "base", args)
+    stamp = (folder / "prepared.json").stat().st_mtime_ns
+    assert quality.ensure_split("nyc", "fold1", tmp_path / "base", args) == folder
+    assert (folder / "prepared.json").stat().st_mtime_ns == stamp
+    args.validation_fraction = 0.4  # a different split must not reuse the folder
+    quality.ensure_split("nyc", "fold1", tmp_path / "base", args)
+    assert (folder / "prepared.json").stat().st_mtime_ns != stamp
+
+
+def test_aggregate_means_and_spreads_over_folds_and_tables(quality):
+    def row(split, method, mae, spread):
+        return {"dataset": "nyc", "split": split, "method": method, "seed": 0,
+                "metrics": {"mae": mae, "spread_ratio": spread, "crps": None}}
+
+    rows = [row("fold0", "KGDiff", 2.0, 0.5), row("fold1", "KGDiff", 4.0, 0.7), row("paper", "KGDiff", 3.0, 0.9),
+            row("fold0", "knn3_profile", 1.0, 0.0), row("fold1", "knn3_profile", 2.0, 0.0)]
+    summary = quality.aggregate(rows)
+    folds = summary["nyc"]["folds"]
+    assert folds["KGDiff"]["mae"]["mean"] == 3.0 and folds["KGDiff"]["mae"]["std"] == pytest.approx(np.sqrt(2))
+    assert summary["nyc"]["paper"]["KGDiff"]["mae"] == {"mean": 3.0, "std": None, "values": [3.0]}
+    assert folds["KGDiff"]["crps"]["mean"] is None
+    table = quality.quality_table(folds).splitlines()
+    assert table[0].startswith("| method | MAE | RMSE | MMD | MMD-fixed | JSD | CRPS | spread ratio |")
+    assert "| 3.000 ± 1.414 |" in table[2] and "| **0.600 ± 0.141** |" in table[2]  # spread nearest 1 wins
+    assert table[3].startswith("| kNN k=3 profile | **1.500 ± 0.707** |")
+
+
+def test_bad_bench_arguments_fail_with_a_message(quality, capsys):
+    for argv, message in ((["--splits", "fold4"], "--splits: unknown"), (["--variants", "nope"], "--variants"),
+                          (["--validation_fraction", "0"], "--validation_fraction")):
+        with pytest.raises(SystemExit):
+            quality.parse_args(argv)
+        assert message in capsys.readouterr().err
+    args = quality.parse_args(["--quick", "--curve"])
+    assert args.output.name == "quality_curve.json" and args.budget.curve_every == 40
+    command = quality.train_command(Path("d"), Path("o"), "KGDiff", 0, args.budget, curve=True)
+    assert command[command.index("--validation_steps") + 1] == "40"
+    assert command[command.index("--max_train_steps") + 1] == "120"
