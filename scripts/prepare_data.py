@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kgdiff_diffusers.data.checks import OUT_OF_RANGE_ACTIONS, OUTLIER_FACTOR
 from kgdiff_diffusers.data.loaders import (
     load_dcrnn_h5,
     load_flow_npz,
@@ -104,6 +105,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     days.add_argument("--max_missing_fraction", type=float, default=0.1, help="drop days missing more steps")
     days.add_argument(
         "--test_fraction", type=float, default=0.25, help="northernmost share of nodes for test"
+    )
+
+    values = parser.add_argument_group("missing and implausible values")
+    values.add_argument(
+        "--missing_values", type=float, nargs="+", default=[], help="values that mean 'no reading', e.g. -1 -999"
+    )
+    values.add_argument(
+        "--allow_negative", action="store_true", help="accept negative values (default: speeds/counts are >= 0)"
+    )
+    values.add_argument(
+        "--valid_max", type=float, help=f"highest plausible value (default: {OUTLIER_FACTOR:g} x the 99th percentile)"
+    )
+    values.add_argument(
+        "--out_of_range",
+        choices=OUT_OF_RANGE_ACTIONS,
+        default="error",
+        help="implausible values: stop with an error (default) or treat them as missing",
     )
     days.add_argument("--test_node_ids", nargs="+", help="explicit test node ids (overrides --test_fraction)")
     days.add_argument(
@@ -259,6 +277,10 @@ def main(argv: list[str] | None = None) -> PreparedDataset:
         include_weekends=args.include_weekends,
         max_gap_steps=args.max_gap_steps,
         max_missing_fraction=args.max_missing_fraction,
+        missing_values=args.missing_values,
+        valid_min=None if args.allow_negative else 0.0,
+        valid_max=args.valid_max,
+        out_of_range=args.out_of_range,
     )
     if not args.no_kg_embeddings:
         result = pretrain_tucker(

@@ -40,7 +40,9 @@ def interpolate_gaps(series: np.ndarray) -> tuple[np.ndarray, int]:
     Returns:
         ``(filled copy, number of values filled)``.
     """
-    filled = np.array(series, copy=True)
+    # A C-ordered copy: reshaping a non-contiguous input (e.g. np.moveaxis of (..., T, D) days) would
+    # make ``rows`` a second copy and the fill would never reach ``filled``.
+    filled = np.array(series, copy=True, order="C")
     rows = filled.reshape(-1, filled.shape[-1])
     steps = np.arange(rows.shape[1])
     count = 0
@@ -118,6 +120,8 @@ def make_day_samples(
     kept = np.moveaxis(days[day_mask], -1, -2)
     kept, values_interpolated = interpolate_gaps(kept)
     days[day_mask] = np.moveaxis(kept, -2, -1)
+    if np.isnan(days[day_mask]).any():
+        raise RuntimeError("a kept day still holds NaN after gap filling; this is a bug, please report it")
     days[~day_mask] = 0.0
 
     used_dates = day_mask.any(axis=0)

@@ -14,10 +14,12 @@ Folder layout written by :meth:`PreparedDataset.save`::
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +31,7 @@ from datasets.features.features import Array2DExtensionType
 
 from ..kg.graph import KnowledgeGraph
 from ..kg.tucker import load_kg_embeddings, save_kg_embeddings
+from .checks import check_value_range, mask_sentinels
 from .days import DEFAULT_MAX_MISSING_FRACTION, feature_stats, make_day_samples, split_nodes_by_latitude
 from .series import SpatioTemporalData
 
@@ -59,6 +62,9 @@ def check_output_folder(folder: str | os.PathLike, overwrite: bool = False) -> s
             f"output folder {folder} exists and is not empty; choose another folder or pass "
             "overwrite=True (--overwrite) to replace it"
         )
+    parent, base = os.path.split(os.path.abspath(folder))
+    for leftover in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.old-*")):
+        logger.warning("%s holds what %s held before an interrupted save; delete it when not needed", leftover, folder)
     return folder
 
 
@@ -116,6 +122,13 @@ class PreparedDataset:
             raise ValueError(f"{len(self.feature_names)} feature names for {num_features} features")
         if self.feature_mean.shape != (num_features,) or self.feature_std.shape != (num_features,):
             raise ValueError(f"feature_mean and feature_std must be ({num_features},)")
+        if not (np.isfinite(self.feature_mean).all() and np.isfinite(self.feature_std).all()):
+            raise ValueError(
+                f"feature_mean {self.feature_mean.tolist()} / feature_std {self.feature_std.tolist()} are not "
+                "finite; prepare the dataset again with this version"
+            )
+        if not np.isfinite(self.days[self.day_mask]).all():
+            raise ValueError("valid days hold NaN or inf; prepare the dataset again with this version")
         if steps_per_day * self.interval_minutes != 24 * 60:
             raise ValueError(f"{steps_per_day} steps of {self.interval_minutes} minutes do not make a day")
         required = ("node_id", "lat", "lon", "entity", "split")
@@ -268,19 +281,40 @@ class PreparedDataset:
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> None:
         """Writes the folder layout of this module's docstring.
 
+        Everything is written to a temporary folder beside ``folder`` first and swapped in by renames, so
+        an interrupted save leaves the previous contents of ``folder`` intact.
+
         Args:
             folder: output folder; created if absent.
             overwrite: replace the files this method writes in an existing non-empty folder (other
-                files there are left alone); without it such a folder raises ``FileExistsError``.
+                files there are kept); without it such a folder raises ``FileExistsError``.
         """
-        folder = check_output_folder(folder, overwrite)
-        for entry in FOLDER_ENTRIES:
-            path = os.path.join(folder, entry)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-        os.makedirs(folder, exist_ok=True)
+        folder = os.path.abspath(check_output_folder(folder, overwrite))
+        parent, base = os.path.split(folder)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{base}.writing-", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        try:
+            self._write(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if not os.path.isdir(folder):
+            os.rename(staging, folder)
+            return
+        backup = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+        os.rmdir(backup)
+        os.rename(folder, backup)
+        os.rename(staging, folder)
+        for entry in os.listdir(backup):
+            if entry not in FOLDER_ENTRIES:
+                os.rename(os.path.join(backup, entry), os.path.join(folder, entry))
+        shutil.rmtree(backup)
+
+    def _write(self, folder: str) -> None:
+        """Writes every file of the layout into the existing empty ``folder``."""
         dataset = self.to_hf_dataset()
         dataset.save_to_disk(os.path.join(folder, DAYS_DIR))
         dataset.to_parquet(os.path.join(folder, DAYS_PARQUET))
@@ -378,6 +412,10 @@ def prepare_dataset(
     max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION,
     entity_embeddings: np.ndarray | None = None,
     relation_embeddings: np.ndarray | None = None,
+    missing_values: Sequence[float] = (),
+    valid_min: float | None = 0.0,
+    valid_max: float | None = None,
+    out_of_range: str = "error",
 ) -> PreparedDataset:
     """Day samples, latitude split and train-node statistics for ``data``, with its KG.
 
@@ -388,9 +426,13 @@ def prepare_dataset(
         test_fraction, test_node_ids: the node split (see :func:`split_nodes_by_latitude`).
         include_weekends, max_gap_steps, max_missing_fraction: day sampling (see :func:`make_day_samples`).
         entity_embeddings, relation_embeddings: optional TuckER embeddings of ``kg``.
+        missing_values: sentinels meaning "no reading" (e.g. ``[-1]``), masked as missing.
+        valid_min, valid_max, out_of_range: the plausible range and what to do outside it
+            (see :func:`~kgdiff_diffusers.data.checks.check_value_range`).
 
     Returns:
-        The :class:`PreparedDataset`; its ``report`` has sections ``load``, ``days``, ``split`` and ``kg``.
+        The :class:`PreparedDataset`; its ``report`` has sections ``load``, ``values``, ``days``, ``split``
+        and ``kg``. ``data`` is not modified.
     """
     absent = [entity for entity in data.node_table["entity"] if not kg.has_entity(entity)]
     if absent:
@@ -398,6 +440,9 @@ def prepare_dataset(
             f"{len(absent)} of {data.num_nodes} node entities are not in the knowledge graph "
             f"(e.g. {absent[:5]}); build the KG from this node table"
         )
+    data = dataclasses.replace(data, values=data.values.copy())
+    value_report = {"sentinels_masked": mask_sentinels(data, missing_values)}
+    value_report.update(check_value_range(data, valid_min, valid_max, out_of_range))
     days, day_mask, dates, day_report = make_day_samples(
         data,
         include_weekends=include_weekends,
@@ -412,6 +457,7 @@ def prepare_dataset(
     without_days = [node_id for node_id, ok in zip(data.node_ids, day_mask.any(axis=1)) if not ok]
     report = {
         "load": data.load_report,
+        "values": value_report,
         "days": day_report,
         "split": {
             "rule": "given test_node_ids" if test_node_ids is not None else "highest latitudes",

@@ -1,0 +1,159 @@
+"""Bad data stopped at the door: gaps in multi-feature data, implausible values and sentinels, safe overwrite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kgdiff_diffusers.data.days import interpolate_gaps, make_day_samples
+from kgdiff_diffusers.data.loaders import load_long_table
+from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
+from kgdiff_diffusers.data.series import SpatioTemporalData
+from kgdiff_diffusers.kg.graph import KnowledgeGraph
+
+from .test_prepared import load_script, make_kg
+
+
+def flow_data(num_nodes: int = 6, num_days: int = 7, steps_per_day: int = 24, seed: int = 0) -> SpatioTemporalData:
+    """In/out counts (D = 2) from Monday 2024-01-01, one reading missing in each feature."""
+    rng = np.random.default_rng(seed)
+    timestamps = pd.date_range("2024-01-01", periods=num_days * steps_per_day, freq=f"{1440 // steps_per_day}min")
+    values = rng.poisson(20.0, size=(num_nodes, len(timestamps), 2)).astype(np.float32)
+    values[1, 5, 0] = np.nan
+    values[2, 30, 1] = np.nan
+    ids = [f"a{i}" for i in range(num_nodes)]
+    node_table = pd.DataFrame(
+        {
+            "node_id": ids,
+            "lat": np.linspace(40.0, 41.0, num_nodes),
+            "lon": np.linspace(-74.0, -73.5, num_nodes),
+            "entity": [f"Area/{i}" for i in ids],
+        }
+    )
+    data = SpatioTemporalData(values, timestamps, node_table, ["inflow", "outflow"], 1440 // steps_per_day, False)
+    data.load_report = {"source": "flows.csv"}
+    return data
+
+
+def test_interpolate_gaps_fills_a_non_contiguous_input() -> None:
+    days = np.arange(24, dtype=np.float32).reshape(2, 6, 2)
+    days[1, 2, 0] = np.nan
+    filled, count = interpolate_gaps(np.moveaxis(days, -1, -2))  # (2, D, T) view, as make_day_samples passes
+    assert count == 1 and not np.isnan(filled).any()
+    assert filled[1, 0, 2] == pytest.approx(16.0)  # halfway between 14 and 18
+
+
+def test_multi_feature_gap_is_interpolated_not_nan() -> None:
+    data = flow_data()
+    days, day_mask, _, report = make_day_samples(data)
+    assert day_mask.all() and report["values_interpolated"] == 2
+    assert np.isfinite(days).all()
+    # The gap (node 1, step 5, inflow) lies on the line between its neighbours.
+    assert days[1, 0, 5, 0] == pytest.approx((data.values[1, 4, 0] + data.values[1, 6, 0]) / 2)
+    prepared = prepare_dataset(data, make_kg(data), "flows", test_fraction=1 / 3)
+    assert np.isfinite(prepared.feature_mean).all() and np.isfinite(prepared.feature_std).all()
+
+
+def test_long_table_two_features_with_a_missing_reading(tmp_path: Path) -> None:
+    data = flow_data(num_nodes=3)
+    rows = [
+        (t, node_id, data.values[n, i, 0], data.values[n, i, 1])
+        for n, node_id in enumerate(data.node_ids)
+        for i, t in enumerate(data.timestamps)
+    ]
+    table = pd.DataFrame(rows, columns=["timestamp", "node_id", "inflow", "outflow"]).drop(index=[7])
+    table.to_csv(tmp_path / "flows.csv", index=False)
+    data.node_table.drop(columns="entity").to_csv(tmp_path / "nodes.csv", index=False)
+    loaded = load_long_table(tmp_path / "flows.csv", tmp_path / "nodes.csv", entity_prefix="Area")
+    prepared = prepare_dataset(loaded, make_kg(loaded), "flows", test_fraction=1 / 3)
+    assert np.isfinite(prepared.days).all() and np.isfinite(prepared.feature_mean).all()
+
+
+def test_prepared_dataset_refuses_nan_days(tmp_path: Path) -> None:
+    data = flow_data()
+    prepared = prepare_dataset(data, make_kg(data), "flows", test_fraction=1 / 3)
+    broken = prepared.days.copy()
+    broken[0, 0, 3, 1] = np.nan
+    with pytest.raises(ValueError, match="valid days hold NaN or inf; prepare the dataset again"):
+        PreparedDataset(**{**prepared.__dict__, "days": broken})
+
+
+def test_negative_and_absurd_values_are_refused_with_the_file_named() -> None:
+    data = flow_data()
+    data.values[2, 10, 1] = -3.0
+    with pytest.raises(
+        ValueError,
+        match=r"flows.csv: 1 value\(s\) of 'outflow' outside the plausible range \[0, .*\], e.g. -3 at node 'a2', "
+        r"2024-01-01 10:00:00; if -3 means 'no reading' declare it \(--missing_values -3\)",
+    ):
+        prepare_dataset(data, make_kg(data), "flows", test_fraction=1 / 3)
+    data = flow_data()
+    data.values[4, 50, 0] = 1e30
+    with pytest.raises(ValueError, match=r"1 value\(s\) of 'inflow' outside .* e.g. 1e\+30 at node 'a4'"):
+        prepare_dataset(data, make_kg(data), "flows", test_fraction=1 / 3)
+    # Masked instead of refused on request: the statistics stay those of real counts.
+    prepared = prepare_dataset(data, make_kg(data), "flows", test_fraction=1 / 3, out_of_range="missing")
+    assert prepared.report["values"]["out_of_range_masked"] == {"inflow": 1, "outflow": 0}
+    assert prepared.days.max() < 100 and 15 < prepared.feature_mean[0] < 25
+    # Signed data is accepted when declared.
+    data = flow_data()
+    data.values[2, 10, 1] = -3.0
+    prepared = prepare_dataset(data, make_kg(data), "flows", test_fraction=1 / 3, valid_min=None)
+    assert prepared.days.min() == -3.0
+
+
+def test_declared_sentinel_is_missing() -> None:
+    data = flow_data()
+    data.values[0, 3, 0] = -1.0
+    data.values[5, :24, :] = -1.0  # a whole day without a reading
+    prepared = prepare_dataset(data, make_kg(data), "flows", test_fraction=1 / 3, missing_values=[-1])
+    assert prepared.report["values"]["sentinels_masked"] == {"-1": 49}
+    assert prepared.report["days"]["node_days_dropped"]["no_data"] == 1 and not prepared.day_mask[5, 0]
+    assert prepared.days.min() >= 0
+    assert prepared.days[0, 0, 3, 0] == pytest.approx((data.values[0, 2, 0] + data.values[0, 4, 0]) / 2)
+    assert (data.values == -1).sum() == 49  # the caller's data is left as it was
+
+
+def test_script_flags_for_values(tmp_path: Path) -> None:
+    script = load_script()
+    data = flow_data(num_nodes=4)
+    data.values[1, 3, 0] = -1.0
+    rows = [
+        (t, node_id, data.values[n, i, 0], data.values[n, i, 1])
+        for n, node_id in enumerate(data.node_ids)
+        for i, t in enumerate(data.timestamps)
+    ]
+    pd.DataFrame(rows, columns=["timestamp", "node_id", "inflow", "outflow"]).to_csv(tmp_path / "t.csv", index=False)
+    data.node_table.to_csv(tmp_path / "nodes.csv", index=False)
+    argv = ["--layout", "long-table", "--output", str(tmp_path / "out"), "--table", str(tmp_path / "t.csv")]
+    argv += ["--node_table", str(tmp_path / "nodes.csv"), "--no_kg_embeddings", "--test_fraction", "0.25"]
+    with pytest.raises(ValueError, match=r"t.csv: 1 value\(s\) of 'inflow' outside .*--missing_values -1"):
+        script.main(argv)
+    prepared = script.main(argv + ["--missing_values", "-1"])
+    assert prepared.report["values"]["sentinels_masked"] == {"-1": 1}
+
+
+def test_overwrite_interrupted_keeps_the_old_folder(tmp_path: Path, monkeypatch) -> None:
+    data = flow_data()
+    kg = make_kg(data)
+    folder = tmp_path / "prepared"
+    first = prepare_dataset(data, kg, "first", test_fraction=1 / 3)
+    first.save(folder)
+    (folder / "README.md").write_text("my notes")
+    second = prepare_dataset(data, kg, "second", test_fraction=0.5)
+
+    def killed(self, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(KnowledgeGraph, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        second.save(folder, overwrite=True)
+    monkeypatch.undo()
+    assert PreparedDataset.load(folder).name == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no staging folder left behind
+    second.save(folder, overwrite=True)
+    assert PreparedDataset.load(folder).name == "second" and (folder / "README.md").read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
