@@ -70,7 +70,12 @@ from kgdiff_diffusers.data.series import SpatioTemporalData
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.kg.builders import build_area_kg, build_sensor_kg
 from kgdiff_diffusers.kg.graph import KnowledgeGraph
-from kgdiff_diffusers.kg.tucker import pretrain_tucker
+from kgdiff_diffusers.kg.tucker import (
+    DEFAULT_TUCKER_EPOCHS,
+    TUCKER_EPOCHS_HELP,
+    TUCKER_MAX_SECONDS_HELP,
+    pretrain_tucker,
+)
 
 logger = logging.getLogger("prepare_data")
 
@@ -173,8 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     kg.add_argument("--polygons", type=Path, help="areas: zone polygons GeoJSON")
     kg.add_argument("--no_kg_embeddings", action="store_true", help="skip TuckER pretraining")
     kg.add_argument("--embedding_dim", type=int, default=128, help="TuckER entity and relation dimension")
-    kg.add_argument("--tucker_epochs", type=int, default=30, help="TuckER maximum epochs")
-    kg.add_argument("--tucker_max_seconds", type=float, help="TuckER time budget in seconds")
+    kg.add_argument("--tucker_epochs", type=int, default=DEFAULT_TUCKER_EPOCHS, help=TUCKER_EPOCHS_HELP)
+    kg.add_argument("--tucker_max_seconds", type=float, help=TUCKER_MAX_SECONDS_HELP)
 
     args = parser.parse_args(argv)
     missing = [f"--{name}" for name in REQUIRED[args.layout] if getattr(args, name) is None]

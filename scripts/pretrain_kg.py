@@ -19,7 +19,14 @@ import logging
 from pathlib import Path
 
 from kgdiff_diffusers.kg.graph import TRIPLES_FILE, KnowledgeGraph
-from kgdiff_diffusers.kg.tucker import pretrain_tucker, read_triples_tsv, save_kg_embeddings
+from kgdiff_diffusers.kg.tucker import (
+    DEFAULT_TUCKER_EPOCHS,
+    TUCKER_EPOCHS_HELP,
+    TUCKER_MAX_SECONDS_HELP,
+    pretrain_tucker,
+    read_triples_tsv,
+    save_kg_embeddings,
+)
 
 logger = logging.getLogger("pretrain_kg")
 
@@ -40,8 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"embedding file; default {PREPARED_EMBEDDINGS_FILE} inside a prepared dataset given by --kg",
     )
     parser.add_argument("--embedding_dim", type=int, default=128, help="d of entities and relations")
-    parser.add_argument("--epochs", type=int, default=100, help="maximum epochs over unique (head, relation) pairs")
-    parser.add_argument("--max_seconds", type=float, default=None, help="training time budget in seconds")
+    parser.add_argument(
+        "--tucker_epochs", "--epochs", dest="epochs", type=int, default=DEFAULT_TUCKER_EPOCHS, help=TUCKER_EPOCHS_HELP
+    )
+    parser.add_argument(
+        "--tucker_max_seconds", "--max_seconds", dest="max_seconds", type=float, help=TUCKER_MAX_SECONDS_HELP
+    )
     parser.add_argument("--batch_size", type=int, default=128, help="(head, relation) pairs per step")
     parser.add_argument("--learning_rate", type=float, default=0.01)
     parser.add_argument("--label_smoothing", type=float, default=0.1)

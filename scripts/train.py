@@ -45,7 +45,14 @@ from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import evaluate_pipeline, markdown_table, write_report
 from kgdiff_diffusers.hub import push_pipeline
-from kgdiff_diffusers.kg.tucker import load_kg_embeddings, pretrain_tucker, save_kg_embeddings
+from kgdiff_diffusers.kg.tucker import (
+    DEFAULT_TUCKER_EPOCHS,
+    TUCKER_EPOCHS_HELP,
+    TUCKER_MAX_SECONDS_HELP,
+    load_kg_embeddings,
+    pretrain_tucker,
+    save_kg_embeddings,
+)
 from kgdiff_diffusers.models.condition_encoder import GEOMETRY_FORMS, NEIGHBOR_WEIGHTINGS
 from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline, kgdiff_loss, training_samples
 
@@ -93,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--synthetic_nodes", type=int, default=120, help="synthetic-city: sensors")
     data.add_argument("--synthetic_days", type=int, default=30, help="synthetic-city: calendar days")
     data.add_argument("--embedding_dim", type=int, default=128, help="TuckER d when embeddings must be pretrained")
-    data.add_argument("--tucker_epochs", type=int, default=100, help="TuckER epochs when embeddings are missing")
+    data.add_argument("--tucker_epochs", type=int, default=DEFAULT_TUCKER_EPOCHS, help=TUCKER_EPOCHS_HELP)
+    data.add_argument("--tucker_max_seconds", type=float, help=TUCKER_MAX_SECONDS_HELP)
     model = parser.add_argument_group("model (defaults: the preset)")
     model.add_argument("--condition_dim", type=int, help="size of phi (paper: 128)")
     model.add_argument("--block_out_channels", help="UNet channels per resolution, e.g. 64,128,128")
@@ -101,8 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--norm_num_groups", type=int)
     model.add_argument("--meta_pattern_hidden_dim", type=int)
     model.add_argument("--num_train_timesteps", type=int, help="diffusion steps tau (paper: 200)")
-    model.add_argument("--delay_window", type=int, help="V (default: 16 for 48-step days, 32 for 288)")
-    model.add_argument("--delay_stride", type=int, help="U (default: 3 for 48-step days, 9 for 288)")
+    model.add_argument("--delay_window", type=int, help="V, with --delay_stride (default: from the day length)")
+    model.add_argument("--delay_stride", type=int, help="U, with --delay_window (48 steps: 16/3, 288: 32/9)")
     model.add_argument(
         "--freeze_embeddings", action="store_true", help="keep the TuckER embeddings fixed (default: fine-tune them)"
     )
@@ -197,6 +205,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--validation_fraction must be in [0, 1), got {args.validation_fraction}")
     if not args.learning_rate > 0:
         parser.error(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if (args.delay_window is None) != (args.delay_stride is None):
+        parser.error("--delay_window and --delay_stride go together: give both, or neither for the automatic choice")
     return args
 
 
@@ -226,7 +236,13 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
     if args.dataset == "synthetic-city":
         if accelerator.is_main_process and not (data_dir / "prepared.json").is_file():
             data, kg = make_synthetic_city(num_nodes=args.synthetic_nodes, num_days=args.synthetic_days, seed=args.seed)
-            result = pretrain_tucker(kg, embedding_dim=args.embedding_dim, epochs=args.tucker_epochs, seed=args.seed)
+            result = pretrain_tucker(
+                kg,
+                embedding_dim=args.embedding_dim,
+                epochs=args.tucker_epochs,
+                seed=args.seed,
+                max_seconds=args.tucker_max_seconds,
+            )
             logger.info(f"TuckER on the synthetic city: {json.dumps(result.metrics)}")
             dataset = prepare_dataset(
                 data,
@@ -248,7 +264,12 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
         embeddings_file = args.output_dir / "kg_embeddings.safetensors"
         if accelerator.is_main_process and not embeddings_file.is_file():
             logger.info(f"{args.dataset} has no KG embeddings: pretraining TuckER (d={args.embedding_dim})")
-            result = pretrain_tucker(dataset.kg, embedding_dim=args.embedding_dim, epochs=args.tucker_epochs)
+            result = pretrain_tucker(
+                dataset.kg,
+                embedding_dim=args.embedding_dim,
+                epochs=args.tucker_epochs,
+                max_seconds=args.tucker_max_seconds,
+            )
             save_kg_embeddings(embeddings_file, result.entity_embeddings, result.relation_embeddings)
         accelerator.wait_for_everyone()
         dataset.entity_embeddings, dataset.relation_embeddings = load_kg_embeddings(embeddings_file)

@@ -157,3 +157,116 @@ def test_overwrite_interrupted_keeps_the_old_folder(tmp_path: Path, monkeypatch)
     second.save(folder, overwrite=True)
     assert PreparedDataset.load(folder).name == "second" and (folder / "README.md").read_text() == "my notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+# ------------------------------------------------------------ broken files: one line naming the file
+
+
+def write_locations(path: Path) -> Path:
+    path.write_text("sensor_id,latitude,longitude\n1,34.0,-118.0\n2,34.1,-118.1\n")
+    return path
+
+
+def write_zones(path: Path) -> Path:
+    path.write_text("graph_id,lat,lon\n0,40.7,-74.0\n1,40.8,-73.9\n")
+    return path
+
+
+def test_empty_truncated_and_wrong_format_files(tmp_path: Path) -> None:
+    from kgdiff_diffusers.data.loaders import load_dcrnn_h5, load_flow_npz, load_wide_csv
+
+    locations, zones = write_locations(tmp_path / "loc.csv"), write_zones(tmp_path / "zones.csv")
+    (tmp_path / "empty.h5").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.h5 is empty \(0 bytes\); expected a DCRNN HDF5 file$"):
+        load_dcrnn_h5(tmp_path / "empty.h5", locations)
+    (tmp_path / "cut.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    with pytest.raises(ValueError, match=r"cut.h5: not a readable DCRNN HDF5 file \(truncated, or not HDF5\)$"):
+        load_dcrnn_h5(tmp_path / "cut.h5", locations)
+    np.savez(tmp_path / "good.npz", flow=np.ones((48, 2, 2)), start="2024-01-01", interval_minutes=30)
+    whole = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=r"cut.npz: not a readable flow .npz file \(BadZipFile: "):
+        load_flow_npz(tmp_path / "cut.npz", zones)
+    frame = pd.DataFrame({"0": [1.0]}, index=pd.date_range("2024-01-01", periods=1))
+    frame.to_hdf(tmp_path / "flows.h5", key="flow")
+    with pytest.raises(ValueError, match=r"flows.h5 is an HDF5 file, not an .npz archive; use --layout dcrnn-h5"):
+        load_flow_npz(tmp_path / "flows.h5", zones)
+    import pickle
+
+    (tmp_path / "pickled.npz").write_bytes(pickle.dumps({"flow": [1, 2]}))
+    with pytest.raises(ValueError, match=r"pickled.npz: .*pickled Python objects, which are never loaded") as info:
+        load_flow_npz(tmp_path / "pickled.npz", zones)
+    assert "allow_pickle" not in str(info.value)
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match=r"empty.csv is empty \(0 bytes\); expected a wide CSV file"):
+        load_wide_csv(tmp_path / "empty.csv", locations, "2024-01-01", 5)
+    (tmp_path / "blank.csv.gz").write_bytes(__import__("gzip").compress(b"\n"))
+    with pytest.raises(ValueError, match=r"blank.csv.gz: not a readable wide CSV file \(it holds no rows or columns\)"):
+        load_wide_csv(tmp_path / "blank.csv.gz", locations, "2024-01-01", 5)
+    with pytest.raises(ValueError, match=r"empty.csv is empty \(0 bytes\); expected a long table file"):
+        load_long_table(tmp_path / "empty.csv", locations)
+
+
+@pytest.mark.parametrize("interval", [0, 29.7, 7])
+def test_bad_interval_in_npz(tmp_path: Path, interval) -> None:
+    from kgdiff_diffusers.data.loaders import load_flow_npz
+
+    np.savez(tmp_path / "f.npz", flow=np.ones((48, 2, 2)), start="2024-01-01", interval_minutes=interval)
+    with pytest.raises(
+        ValueError, match=rf"f.npz: interval_minutes={interval:g} must be a whole number of minutes that divides a day"
+    ):
+        load_flow_npz(tmp_path / "f.npz", write_zones(tmp_path / "zones.csv"))
+
+
+def test_truncated_prepared_folder(tmp_path: Path) -> None:
+    data = flow_data()
+    prepared = prepare_dataset(data, make_kg(data), "flows", test_fraction=1 / 3)
+    prepared.save(tmp_path / "p")
+    meta = (tmp_path / "p" / "prepared.json").read_text()
+    (tmp_path / "p" / "prepared.json").write_text(meta[:80])
+    with pytest.raises(ValueError, match=r"prepared.json: not a readable JSON file \(JSONDecodeError: .*prepare it"):
+        PreparedDataset.load(tmp_path / "p")
+    prepared.save(tmp_path / "q")
+    arrow = next((tmp_path / "q" / "days").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:500])
+    with pytest.raises(ValueError, match=r"q/days: not a readable datasets.save_to_disk file .*prepare it again"):
+        PreparedDataset.load(tmp_path / "q")
+
+
+def dst_table(path: Path, start: str, end: str) -> Path:
+    stamps = pd.date_range(start, end, freq="30min", tz="Europe/Berlin", inclusive="left")
+    rows = [(stamp.isoformat(), node, 5.0 + i % 7) for i, stamp in enumerate(stamps) for node in ("1", "2")]
+    pd.DataFrame(rows, columns=["timestamp", "node_id", "count"]).to_csv(path, index=False)
+    return path
+
+
+def test_tz_aware_timestamps_across_dst_are_local_days(tmp_path: Path) -> None:
+    locations = write_locations(tmp_path / "loc.csv")
+    spring = load_long_table(dst_table(tmp_path / "spring.csv", "2024-03-30", "2024-04-01"), locations)
+    assert spring.values.shape == (2, 96, 1) and spring.timestamps[0] == pd.Timestamp("2024-03-30 00:00")
+    # 02:00 and 02:30 on 2024-03-31 do not exist in Berlin: missing, not shifted.
+    missing = spring.timestamps[np.isnan(spring.values[0, :, 0])]
+    assert list(missing) == [pd.Timestamp("2024-03-31 02:00"), pd.Timestamp("2024-03-31 02:30")]
+    assert np.isnan(spring.values).sum() == 4  # those two steps, both nodes
+    autumn = load_long_table(dst_table(tmp_path / "autumn.csv", "2024-10-26", "2024-10-28"), locations)
+    assert autumn.values.shape == (2, 96, 1) and not np.isnan(autumn.values).any()
+    assert autumn.load_report["dst_repeated_hour_rows_dropped"] == 4
+
+
+def test_all_nodes_at_one_point_are_refused(tmp_path: Path, caplog) -> None:
+    from kgdiff_diffusers.data.days import split_nodes_by_latitude
+    from kgdiff_diffusers.data.loaders import read_node_table
+
+    same = tmp_path / "same.csv"
+    same.write_text("node_id,lat,lon\na,40.0,-74.0\nb,40.0,-74.0\nc,40.0,-74.0\n")
+    with pytest.raises(ValueError, match=r"same.csv: all 3 nodes have the same coordinates \(40.0, -74.0\)"):
+        read_node_table(same)
+    some = tmp_path / "some.csv"
+    some.write_text("node_id,lat,lon\na,40.0,-74.0\nb,40.0,-74.0\nc,40.5,-74.0\n")
+    with caplog.at_level("WARNING"):
+        assert len(read_node_table(some)) == 3
+    assert "2 nodes share their coordinates with another node (e.g. ['a', 'b'])" in caplog.text
+    table = pd.DataFrame({"node_id": ["a", "b", "c", "d"], "lat": 40.0, "lon": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(ValueError, match="all 4 nodes have latitude 40.0: the latitude split cannot separate them"):
+        split_nodes_by_latitude(table, 0.25)
+    assert split_nodes_by_latitude(table, test_node_ids=["d"]) == (["a", "b", "c"], ["d"])

@@ -1,4 +1,12 @@
-"""Delay embedding of a daily series into a square image and back (paper eq. 18)."""
+"""Delay embedding of a daily series into a square image and back (paper eq. 18), and its choice of sizes.
+
+Automatic ``(window V, stride U)`` for a ``T``-step day (:func:`choose_delay_embedding`):
+``V`` is the power of two nearest ``2 sqrt(T)`` (in log scale, at most ``T``) and ``U`` the smallest
+stride that fits all ``W = ceil((T - V) / U) + 1`` windows into ``V`` columns, ``U = ceil((T - V) / (V - 1))``.
+The image is then ``V x V``, and a power of two survives every halving of the UNet. This reproduces the
+paper's settings, ``T = 48 -> (16, 3)`` and ``T = 288 -> (32, 9)``, and gives ``24 -> (8, 3)``,
+``96 -> (16, 6)``, ``144 -> (32, 4)``.
+"""
 
 from __future__ import annotations
 
@@ -77,3 +85,66 @@ class DelayEmbedding:
         deviations = copies - reference[..., flat_index]
         summed = torch.zeros_like(reference).index_add_(-1, flat_index, deviations)
         return reference + summed / self.copy_count.to(image.device, image.dtype)
+
+
+def image_side(seq_len: int, window: int, stride: int) -> int:
+    """Side ``S = max(V, W)`` of the square image of ``(window, stride)`` for ``seq_len``-step days."""
+    return max(window, math.ceil((seq_len - window) / stride) + 1)
+
+
+def working_delay_embeddings(seq_len: int, side_multiple: int, limit: int = 5) -> list[tuple[int, int, int]]:
+    """Up to ``limit`` valid ``(window, stride, side)`` for ``seq_len``, one per image side, smallest first.
+
+    Valid: ``stride <= window <= seq_len`` (every step lies in a window) and the side is a multiple of
+    ``side_multiple``; per side the smallest stride (most overlap), then the longest window, is listed.
+    """
+    best = {}
+    for window in range(1, seq_len + 1):
+        for stride in range(1, window + 1):
+            side = image_side(seq_len, window, stride)
+            if side % side_multiple == 0 and (side not in best or (stride, -window) < best[side]):
+                best[side] = (stride, -window)
+    return [(-best[side][1], best[side][0], side) for side in sorted(best)[:limit]]
+
+
+def choose_delay_embedding(seq_len: int, side_multiple: int = 4) -> tuple[int, int]:
+    """The automatic ``(window, stride)`` of this module's docstring for ``seq_len``-step days.
+
+    Args:
+        seq_len: ``T``, steps per day.
+        side_multiple: the image side must be a multiple of this (``2 ** halvings`` of the UNet).
+
+    Raises:
+        ValueError: ``seq_len`` is shorter than ``side_multiple`` (no image side can be halved enough).
+    """
+    if seq_len < max(2, side_multiple):
+        raise ValueError(
+            f"{seq_len}-step days are too short for a delay-embedding image whose side is a multiple of "
+            f"{side_multiple}; use finer time steps or a UNet with fewer resolutions"
+        )
+    window = 2 ** round(math.log2(2 * math.sqrt(seq_len)))
+    window = max(min(window, 2 ** int(math.log2(seq_len))), side_multiple)
+    return window, max(1, math.ceil((seq_len - window) / (window - 1)))
+
+
+def check_delay_embedding(seq_len: int, window: int, stride: int, side_multiple: int = 4) -> DelayEmbedding:
+    """The :class:`DelayEmbedding` of a user's ``(window, stride)``, or a ``ValueError`` listing sizes that work.
+
+    Args:
+        seq_len, window, stride: as in :class:`DelayEmbedding`.
+        side_multiple: the UNet needs image sides that are a multiple of this (``2 ** halvings``).
+    """
+    problem = None
+    if min(window, stride) < 1 or window > seq_len or stride > window:
+        problem = "needs 1 <= stride <= window <= steps per day"
+    elif image_side(seq_len, window, stride) % side_multiple:
+        side = image_side(seq_len, window, stride)
+        problem = f"gives {side}x{side} images; the UNet halves them, so the side must be a multiple of {side_multiple}"
+    if problem is not None:
+        working = ", ".join(f"{v}/{u} ({s}x{s})" for v, u, s in working_delay_embeddings(seq_len, side_multiple))
+        auto_window, auto_stride = choose_delay_embedding(seq_len, side_multiple)
+        raise ValueError(
+            f"delay embedding window={window}, stride={stride} for {seq_len}-step days {problem}; window/stride "
+            f"that work: {working}; leave both unset for the automatic {auto_window}/{auto_stride}"
+        )
+    return DelayEmbedding(seq_len, window, stride)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .delay_embedding import DelayEmbedding
+from .delay_embedding import DelayEmbedding, check_delay_embedding, choose_delay_embedding
 from .models.condition_encoder import KGConditionEncoder
 from .models.meta_pattern import KGDiffMetaPattern
 from .models.unet_kgdiff import KGDiffUNet2DModel
@@ -75,15 +75,13 @@ def kgdiff_loss(
     )
 
 
-# Paper settings: (window V, stride U) of the delay embedding per day length T.
-DELAY_PRESETS = {48: (16, 3), 288: (32, 9)}
-
-
 @dataclass
 class KGDiffModelConfig:
     """Sizes and ablation switches of a KGDiff model (paper defaults: tau = 200, d = 128).
 
-    ``delay_window`` / ``delay_stride`` of ``None`` take :data:`DELAY_PRESETS` for the data's day length.
+    ``delay_window`` / ``delay_stride``: both ``None`` choose them from the day length
+    (:func:`~kgdiff_diffusers.delay_embedding.choose_delay_embedding`: the paper's 16/3 for 48 steps, 32/9
+    for 288); both set are checked against the UNet's halvings; one alone is an error.
     Ablations (paper Table 3): ``use_geometry_moe``, ``use_euclidean``, ``use_hyperbolic``,
     ``use_spherical`` (condition encoder), ``use_meta_pattern`` (``f = 0``), ``use_guidance``
     (unconditional: ``phi = 0``).
@@ -124,15 +122,16 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
             "(or prepare it without --no_kg_embeddings)"
         )
     steps = dataset.steps_per_day
+    side_multiple = 2 ** (len(config.block_out_channels) - 1)
     window, stride = config.delay_window, config.delay_stride
-    if window is None or stride is None:
-        if steps not in DELAY_PRESETS:
-            raise ValueError(
-                f"no delay-embedding preset for {steps}-step days (presets: {sorted(DELAY_PRESETS)}); "
-                "set delay_window and delay_stride"
-            )
-        window, stride = DELAY_PRESETS[steps]
-    delay_embedding = DelayEmbedding(steps, window, stride)
+    if (window is None) != (stride is None):
+        raise ValueError(
+            f"delay_window={window}, delay_stride={stride}: set both, or neither for the automatic choice "
+            f"{choose_delay_embedding(steps, side_multiple)} for {steps}-step days"
+        )
+    if window is None:
+        window, stride = choose_delay_embedding(steps, side_multiple)
+    delay_embedding = check_delay_embedding(steps, window, stride, side_multiple)
     kg = dataset.kg
     node_entities = dataset.node_table["entity"].astype(str).tolist()
     edge_node, edge_relation, edge_neighbor = kg.neighbor_index(node_entities)

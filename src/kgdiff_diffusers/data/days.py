@@ -180,6 +180,12 @@ def split_nodes_by_latitude(
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}")
         num_test = int(round(test_fraction * len(node_ids)))
+        latitudes = node_table["lat"].to_numpy(dtype=np.float64)
+        if len(node_ids) > 1 and (latitudes == latitudes[0]).all():
+            raise ValueError(
+                f"all {len(node_ids)} nodes have latitude {latitudes[0]}: the latitude split cannot separate "
+                "them; give real coordinates or pass test_node_ids (--test_node_ids)"
+            )
         test = {node_ids[i] for i in _by_latitude(node_table)[:num_test]}
     if not test:
         raise ValueError(

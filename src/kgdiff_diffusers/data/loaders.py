@@ -17,27 +17,73 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 
+from .days import MINUTES_PER_DAY
 from .series import SpatioTemporalData
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# What pandas / numpy / pyarrow / tables raise on empty, truncated or wrong-format files.
+_READ_ERRORS = (OSError, EOFError, ValueError, RuntimeError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
 _ID_COLUMNS = ("node_id", "sensor_id", "sid", "id", "station_id", "graph_id")
 _LAT_COLUMNS = ("lat", "latitude")
 _LON_COLUMNS = ("lon", "lng", "longitude")
 
 
 def require_file(path: PathLike, what: str) -> str:
-    """Returns ``path`` as a string, or raises ``FileNotFoundError`` naming the missing ``what`` file."""
+    """Returns ``path`` as a string; raises ``FileNotFoundError`` / ``ValueError`` for a missing / empty file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} file {path} does not exist; check the path")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes); expected a {what} file")
     return path
+
+
+@contextmanager
+def reading(path: str, what: str, hint: str = "") -> Iterator[None]:
+    """Turns a reader's own error (truncated gzip/zip/HDF5/parquet/JSON, no columns, bad bytes) into one line.
+
+    Raises:
+        ValueError: ``"<path>: not a readable <what> file (<reason>)[; <hint>]"``.
+    """
+    try:
+        yield
+    except _READ_ERRORS as err:
+        if isinstance(err, pd.errors.EmptyDataError):
+            reason = "it holds no rows or columns"
+        elif str(err).startswith("HDF5 error back trace"):
+            reason = "truncated, or not HDF5"
+        elif "allow_pickle" in str(err):
+            reason = "it holds pickled Python objects, which are never loaded (unsafe); save plain arrays"
+        else:
+            lines = str(err).strip().splitlines()
+            reason = f"{type(err).__name__}: {lines[0] if lines else 'no details'}"
+        raise ValueError(f"{path}: not a readable {what} file ({reason})" + (f"; {hint}" if hint else "")) from None
+
+
+def check_interval(interval_minutes, path: str) -> int:
+    """``interval_minutes`` as an int if it is a whole number of minutes that divides a day, else ``ValueError``."""
+    try:
+        value = float(np.asarray(interval_minutes).item())
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: interval_minutes {interval_minutes!r} is not a number") from None
+    if not (value > 0 and value == int(value) and MINUTES_PER_DAY % int(value) == 0):
+        divisors = [d for d in range(1, MINUTES_PER_DAY + 1) if MINUTES_PER_DAY % d == 0 and d <= 60]
+        raise ValueError(
+            f"{path}: interval_minutes={value:g} must be a whole number of minutes that divides a day "
+            f"(e.g. {', '.join(map(str, divisors))}); resample the data first"
+        )
+    return int(value)
 
 
 def _looks_numeric(text: str) -> bool:
@@ -69,7 +115,7 @@ def read_node_table(path: PathLike, id_column: str | None = None) -> pd.DataFram
         A frame with ``node_id`` (str), ``lat``, ``lon`` (float64, degrees) and any extra columns.
     """
     path = require_file(path, "node location")
-    with open(path, encoding="utf-8") as f:
+    with reading(path, "node location CSV"), open(path, encoding="utf-8") as f:
         first_line = f.readline().strip()
     if not first_line:
         raise ValueError(f"{path} is empty; expected node coordinates")
@@ -80,9 +126,11 @@ def read_node_table(path: PathLike, id_column: str | None = None) -> pd.DataFram
                 f"{path}: a location file without a header must have 3 columns (id, latitude, longitude); "
                 f"found {len(first_fields)}. Add a header naming the id, lat and lon columns."
             )
-        table = pd.read_csv(path, header=None, names=["node_id", "lat", "lon"], dtype={"node_id": str})
+        with reading(path, "node location CSV"):
+            table = pd.read_csv(path, header=None, names=["node_id", "lat", "lon"], dtype={"node_id": str})
     else:
-        table = pd.read_csv(path, dtype=str)
+        with reading(path, "node location CSV"):
+            table = pd.read_csv(path, dtype=str)
         id_name = id_column or _find_column(table.columns, _ID_COLUMNS, path, "node id")
         if id_name not in table.columns:
             raise ValueError(f"{path}: no column {id_name!r}; found {list(table.columns)}")
@@ -105,7 +153,26 @@ def read_node_table(path: PathLike, id_column: str | None = None) -> pd.DataFram
     duplicated = table["node_id"][table["node_id"].duplicated()]
     if len(duplicated):
         raise ValueError(f"{path}: node ids listed more than once: {duplicated.tolist()[:5]}")
+    _check_coordinates(table, path)
     return table.reset_index(drop=True)
+
+
+def _check_coordinates(table: pd.DataFrame, path: str) -> None:
+    """Refuses a node table whose points all coincide; warns about nodes sharing a point."""
+    shared = table.duplicated(["lat", "lon"], keep=False)
+    if len(table) > 1 and shared.all() and table[["lat", "lon"]].nunique().max() == 1:
+        raise ValueError(
+            f"{path}: all {len(table)} nodes have the same coordinates ({table['lat'].iloc[0]}, "
+            f"{table['lon'].iloc[0]}); the latitude split and the distance-based KG need each node's location"
+        )
+    if shared.any():
+        logger.warning(
+            "%s: %d nodes share their coordinates with another node (e.g. %s); they are 0 m apart in the KG "
+            "and the latitude split orders them by row",
+            path,
+            int(shared.sum()),
+            table.loc[shared, "node_id"].tolist()[:4],
+        )
 
 
 def _match_nodes(
@@ -204,6 +271,61 @@ def to_regular_grid(
     return frame.reindex(grid), interval_minutes, inserted
 
 
+def parse_wall_clock(timestamps: pd.Series, path: str) -> tuple[pd.Series, pd.Series]:
+    """Parses a timestamp column into local wall-clock times and the instants they name.
+
+    Timestamps with a UTC offset (``2024-03-31T03:00+02:00``; the offset changes with daylight saving time)
+    are read as the local time they show, so days are local calendar days: the skipped spring hour becomes
+    missing values and the repeated autumn hour appears twice (callers keep its first copy).
+
+    Returns:
+        ``(wall clock, instants)``: naive ``datetime64`` series; ``instants`` is in UTC for timestamps with
+        an offset and equals ``wall clock`` otherwise.
+
+    Raises:
+        ValueError: a value that is not a timestamp, naming the file and row.
+    """
+    try:
+        parsed = pd.to_datetime(timestamps, errors="coerce")
+        aware = parsed.dt.tz is not None
+    except (ValueError, TypeError):  # mixed UTC offsets: a series crossing a DST change
+        aware = True
+    if aware:
+        local = {}
+        for text in pd.unique(timestamps):
+            try:
+                stamp = pd.Timestamp(text)
+            except ValueError:
+                stamp = pd.NaT
+            local[text] = stamp.tz_localize(None) if stamp.tzinfo is not None else stamp
+        parsed = pd.to_datetime(timestamps.map(local))
+        instants = pd.to_datetime(timestamps, errors="coerce", utc=True).dt.tz_localize(None)
+    else:
+        instants = parsed
+    if parsed.isna().any():
+        row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise ValueError(f"{path}: row {row} has timestamp {timestamps.iloc[row]!r}, not a timestamp")
+    return parsed, instants
+
+
+def _local_time_index(frame: pd.DataFrame, path: str) -> tuple[pd.DataFrame, int]:
+    """A frame with a tz-aware index re-indexed by local wall-clock time (see :func:`parse_wall_clock`).
+
+    Returns:
+        ``(frame, number of repeated autumn-hour rows dropped)``.
+    """
+    if not isinstance(frame.index, pd.DatetimeIndex) or frame.index.tz is None:
+        return frame, 0
+    duplicated = frame.index[frame.index.duplicated()]
+    if len(duplicated):
+        raise ValueError(f"{path}: duplicate timestamps, e.g. {duplicated[0]} ({len(duplicated)} repeats)")
+    wall = frame.index.tz_localize(None)
+    repeated = wall.duplicated()
+    frame = frame[~repeated]
+    frame.index = wall[~repeated]
+    return frame, int(repeated.sum())
+
+
 def _assemble(
     frames: dict[str, pd.DataFrame],
     node_table: pd.DataFrame,
@@ -212,6 +334,7 @@ def _assemble(
     zero_is_missing: bool,
     start: str | None,
     end: str | None,
+    dst_repeats_dropped: int = 0,
 ) -> SpatioTemporalData:
     """Builds the data from per-feature ``(time, node)`` frames sharing one index and column order."""
     gridded = {}
@@ -231,6 +354,10 @@ def _assemble(
     if start is not None or end is not None:
         data = data.select_dates(start, end)
     report = {"source": path, "timestamps_inserted": int(inserted)}
+    if dst_repeats_dropped:
+        key = "dst_repeated_hour_rows_dropped"
+        report[key] = dst_repeats_dropped
+        logger.warning("%s: dropped %d rows of the repeated autumn DST hour (kept the first)", path, report[key])
     if zero_is_missing:
         zeros = data.values == 0
         data.values[zeros] = np.nan
@@ -280,19 +407,17 @@ def load_dcrnn_h5(
     """
     path = require_file(h5_path, "DCRNN HDF5")
     locations_path = require_file(locations_csv, "sensor location")
-    try:
+    with reading(path, "DCRNN HDF5"):
         frame = pd.read_hdf(path, key=key)
-    except (ValueError, OSError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not an HDF5 file with a frame that pandas.read_hdf reads ({err})") from err
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"{path}: expected a pandas DataFrame (DCRNN layout), got {type(frame).__name__}")
     frame = frame.copy()
     frame.columns = [str(column) for column in frame.columns]
-    frame = _numeric_frame(frame, path)
+    frame, repeats = _local_time_index(_numeric_frame(frame, path), path)
     locations = read_node_table(locations_path)
     node_table = _match_nodes(frame.columns, locations, path, locations_path, strict_locations)
     return _assemble(
-        {feature_name: frame}, _with_entities(node_table, "Sensor"), path, None, zero_is_missing, start, end
+        {feature_name: frame}, _with_entities(node_table, "Sensor"), path, None, zero_is_missing, start, end, repeats
     )
 
 
@@ -319,7 +444,8 @@ def load_wide_csv(
     """
     path = require_file(csv_path, "wide CSV")
     locations_path = require_file(locations_csv, "sensor location")
-    frame = pd.read_csv(path, dtype=str)
+    with reading(path, "wide CSV"):
+        frame = pd.read_csv(path, dtype=str)
     if frame.empty:
         raise ValueError(f"{path} has no data rows")
     columns = [str(column).strip() for column in frame.columns]
@@ -376,16 +502,26 @@ def load_flow_npz(
     """
     path = require_file(npz_path, "flow npz")
     zones_path = require_file(zones_csv, "zone table")
-    with np.load(path, allow_pickle=False) as archive:
-        missing = [name for name in ("flow", "start", "interval_minutes") if name not in archive.files]
-        if missing:
-            raise ValueError(
-                f"{path}: unknown layout, missing array(s) {missing}; expected flow (time, area, D), "
-                f"start and interval_minutes (found {archive.files})"
-            )
-        flow = archive["flow"]
-        first = pd.Timestamp(str(archive["start"]))
-        interval_minutes = int(archive["interval_minutes"])
+    with open(path, "rb") as f:
+        if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+            raise ValueError(f"{path} is an HDF5 file, not an .npz archive; use --layout dcrnn-h5 (load_dcrnn_h5)")
+    with reading(path, "flow .npz"):
+        archive = np.load(path, allow_pickle=False)
+        contents = {name: archive[name] for name in archive.files} if hasattr(archive, "files") else None
+    if contents is None:
+        raise ValueError(f"{path}: holds a single .npy array, not an .npz archive of flow, start, interval_minutes")
+    missing = [name for name in ("flow", "start", "interval_minutes") if name not in contents]
+    if missing:
+        raise ValueError(
+            f"{path}: unknown layout, missing array(s) {missing}; expected flow (time, area, D), "
+            f"start and interval_minutes (found {list(contents)})"
+        )
+    flow, start_text, interval = contents["flow"], contents["start"], contents["interval_minutes"]
+    try:
+        first = pd.Timestamp(str(start_text))
+    except ValueError:
+        raise ValueError(f"{path}: start {str(start_text)!r} is not a timestamp (e.g. 2019-01-01T00:00)") from None
+    interval_minutes = check_interval(interval, path)
     if flow.ndim == 2:
         flow = flow[:, :, None]
         feature_names = ["flow"]
@@ -437,9 +573,11 @@ def load_flow_npz(
 def _read_table(path: str) -> pd.DataFrame:
     lowered = path.lower()
     if lowered.endswith((".parquet", ".pq")):
-        return pd.read_parquet(path)
+        with reading(path, "parquet"):
+            return pd.read_parquet(path)
     if lowered.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".tsv", ".tsv.gz")):
-        return pd.read_csv(path, sep="\t" if ".tsv" in lowered else ",", dtype=str)
+        with reading(path, "CSV/TSV"):
+            return pd.read_csv(path, sep="\t" if ".tsv" in lowered else ",", dtype=str)
     raise ValueError(f"{path}: unknown table format; use .csv(.gz), .tsv or .parquet")
 
 
@@ -489,16 +627,15 @@ def load_long_table(
     absent = [column for column in feature_cols if column not in table.columns]
     if absent or not feature_cols:
         raise ValueError(f"{path}: feature column(s) {absent or '(none)'} not found in {list(table.columns)}")
-    timestamps = pd.to_datetime(table[timestamp_col], errors="coerce")
-    if timestamps.isna().any():
-        row = int(np.flatnonzero(timestamps.isna().to_numpy())[0])
-        value = table[timestamp_col].iloc[row]
-        raise ValueError(f"{path}: row {row} has timestamp {value!r}, not a timestamp")
-    table = table.assign(**{timestamp_col: timestamps, node_col: table[node_col].astype(str).str.strip()})
+    timestamps, instants = parse_wall_clock(table[timestamp_col], path)
+    table = table.assign(**{timestamp_col: instants, node_col: table[node_col].astype(str).str.strip()})
     duplicated = table.duplicated([timestamp_col, node_col])
     if duplicated.any():
         row = table[duplicated].iloc[0]
         raise ValueError(f"{path}: duplicate timestamp {row[timestamp_col]} for node {row[node_col]!r}")
+    table[timestamp_col] = timestamps
+    repeated = table.duplicated([timestamp_col, node_col])
+    table = table[~repeated]
     numeric = _numeric_frame(table[feature_cols], path)
     numeric[timestamp_col] = table[timestamp_col]
     numeric[node_col] = table[node_col]
@@ -513,7 +650,14 @@ def load_long_table(
         for feature in feature_cols
     }
     return _assemble(
-        frames, _with_entities(node_table, entity_prefix), path, interval_minutes, zero_is_missing, start, end
+        frames,
+        _with_entities(node_table, entity_prefix),
+        path,
+        interval_minutes,
+        zero_is_missing,
+        start,
+        end,
+        int(repeated.sum()),
     )
 
 
@@ -524,9 +668,10 @@ def read_distances_csv(path: PathLike) -> pd.DataFrame:
         A frame with ``from``, ``to`` (str sensor ids) and ``cost`` (float64, metres).
     """
     path = require_file(path, "distance")
-    with open(path, encoding="utf-8") as f:
+    with reading(path, "distance CSV"), open(path, encoding="utf-8") as f:
         has_header = not _looks_numeric(f.readline().split(",")[-1].strip())
-    table = pd.read_csv(path, header=0 if has_header else None, dtype=str)
+    with reading(path, "distance CSV"):
+        table = pd.read_csv(path, header=0 if has_header else None, dtype=str)
     if table.shape[1] != 3:
         raise ValueError(f"{path}: expected 3 columns (from, to, cost); found {table.shape[1]}")
     table.columns = ["from", "to", "cost"]

@@ -33,6 +33,7 @@ from ..kg.graph import KnowledgeGraph
 from ..kg.tucker import load_kg_embeddings, save_kg_embeddings
 from .checks import check_value_range, mask_sentinels
 from .days import DEFAULT_MAX_MISSING_FRACTION, feature_stats, make_day_samples, split_nodes_by_latitude
+from .loaders import reading
 from .series import SpatioTemporalData
 
 logger = logging.getLogger(__name__)
@@ -348,19 +349,22 @@ class PreparedDataset:
                 f"{folder} is not a prepared dataset folder (no {META_FILE}); "
                 "create one with scripts/prepare_data.py"
             )
-        with open(meta_path, encoding="utf-8") as f:
+        again = "the folder is damaged or incomplete: prepare it again (scripts/prepare_data.py --overwrite)"
+        with reading(meta_path, "JSON", again), open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
         nodes_path = os.path.join(folder, NODES_FILE)
         if not os.path.isfile(nodes_path):
             raise FileNotFoundError(f"node table {nodes_path} is missing")
-        node_table = pd.read_csv(nodes_path, dtype=str)
+        with reading(nodes_path, "node table CSV", again):
+            node_table = pd.read_csv(nodes_path, dtype=str)
         node_table = node_table.astype(
             {column: dtype for column, dtype in meta["node_columns"].items() if column in node_table.columns}
         )
         days_path = os.path.join(folder, DAYS_DIR)
         if not os.path.isdir(days_path):
             raise FileNotFoundError(f"day samples {days_path} are missing")
-        rows = datasets.load_from_disk(days_path).with_format("numpy")[:]
+        with reading(days_path, "datasets.save_to_disk", again):
+            rows = datasets.load_from_disk(days_path).with_format("numpy")[:]
         dates = list(meta["dates"])
         node_index = {node_id: i for i, node_id in enumerate(node_table["node_id"])}
         date_index = {date: j for j, date in enumerate(dates)}
@@ -380,10 +384,12 @@ class PreparedDataset:
         days[node_rows, date_cols] = values
         day_mask[node_rows, date_cols] = rows["valid"]
         embeddings_path = os.path.join(folder, EMBEDDINGS_FILE)
-        kg = KnowledgeGraph.load(os.path.join(folder, KG_DIR))
-        entity_embeddings, relation_embeddings = (
-            load_kg_embeddings(embeddings_path, kg) if os.path.isfile(embeddings_path) else (None, None)
-        )
+        with reading(os.path.join(folder, KG_DIR), "knowledge graph", again):
+            kg = KnowledgeGraph.load(os.path.join(folder, KG_DIR))
+        with reading(embeddings_path, "safetensors", again):
+            entity_embeddings, relation_embeddings = (
+                load_kg_embeddings(embeddings_path, kg) if os.path.isfile(embeddings_path) else (None, None)
+            )
         return cls(
             name=meta["name"],
             days=days,

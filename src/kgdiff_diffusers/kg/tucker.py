@@ -36,6 +36,13 @@ logger = logging.getLogger(__name__)
 
 TRIPLE_HEADER = ("head", "relation", "tail")
 EMBEDDING_KEYS = ("entity_embeddings", "relation_embeddings")
+# One default and one meaning for every script that pretrains TuckER (prepare_data, train, pretrain_kg).
+DEFAULT_TUCKER_EPOCHS = 100
+TUCKER_EPOCHS_HELP = (
+    "TuckER maximum epochs; training ends at this epoch, at --tucker_max_seconds, or after --patience (5) epochs "
+    "without a better validation MRR, whichever comes first"
+)
+TUCKER_MAX_SECONDS_HELP = "TuckER wall-clock budget in seconds (default: none); the epoch limit still applies"
 
 
 def read_triples_tsv(path: str | os.PathLike) -> KnowledgeGraph:
@@ -319,7 +326,7 @@ class TuckerResult:
 def pretrain_tucker(
     kg: KnowledgeGraph,
     embedding_dim: int = 128,
-    epochs: int = 100,
+    epochs: int = DEFAULT_TUCKER_EPOCHS,
     batch_size: int = 128,
     learning_rate: float = 0.01,
     label_smoothing: float = 0.1,
