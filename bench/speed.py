@@ -14,9 +14,10 @@ Sections (``--sections``, all by default):
   condition encoder, measured twice: the step with the encoder replaced by a precomputed ``phi`` table, and
   the encoder's forward + backward alone.
 * ``scale``: condition-encoder forward time and peak memory for synthetic-city KGs of 1k, 10k and 100k
-  nodes (random ``d = 128`` embeddings), and one generated day for each of 1k and 10k nodes with DDIM 20
-  in denoiser batches of ``--batch_size``. Every point runs in a fresh process; its peak memory is the
-  peak resident set size reached during the measurement, above the process's idle size.
+  nodes (random ``d = 128`` embeddings), for each ``geometry_form`` of the encoder, and one generated day for
+  each of 1k and 10k nodes with DDIM 20 in denoiser batches of ``--batch_size``. Every point runs in a fresh
+  process; its peak memory is the peak resident set size reached during the measurement, above the process's
+  idle size.
 
 The model: ``--model DIR`` (a trained pipeline) with ``--data DIR`` (the prepared dataset it was trained on);
 without ``--model`` a model of the default size is trained here for ``--train_seconds`` on ``--data`` or on a
@@ -59,6 +60,7 @@ from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import evaluate_pipeline
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
+from kgdiff_diffusers.models.condition_encoder import GEOMETRY_FORMS
 from kgdiff_diffusers.schedulers.scheduling_kgdiff import make_sampler
 from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline, kgdiff_loss
 
@@ -448,7 +450,7 @@ def random_embeddings(
     return entity, relation
 
 
-def synthetic_pipeline(num_nodes: int, seed: int) -> KGDiffPipeline:
+def synthetic_pipeline(num_nodes: int, seed: int, geometry_form: str = "as_published") -> KGDiffPipeline:
     """A default-size untrained pipeline over a 2-day synthetic city of ``num_nodes`` sensors."""
     data, kg = make_synthetic_city(num_nodes=num_nodes, num_days=2, seed=seed)
     entity, relation = random_embeddings(
@@ -458,12 +460,14 @@ def synthetic_pipeline(num_nodes: int, seed: int) -> KGDiffPipeline:
         data, kg, f"synthetic-city-{num_nodes}", entity_embeddings=entity, relation_embeddings=relation
     )
     torch.manual_seed(seed)
-    pipe = build_pipeline(dataset, KGDiffModelConfig())
+    pipe = build_pipeline(dataset, KGDiffModelConfig(geometry_form=geometry_form))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def encoder_scale_point(num_nodes: int, threads: int, repeats: int, seed: int, one_shot: bool) -> dict:
+def encoder_scale_point(
+    num_nodes: int, threads: int, repeats: int, seed: int, one_shot: bool, geometry_form: str
+) -> dict:
     """Condition-encoder forward time and peak memory over all nodes of a synthetic city.
 
     Measured in chunks of :data:`ENCODER_CHUNK_NODES` node rows (bounded memory) and, with ``one_shot``, as
@@ -471,7 +475,7 @@ def encoder_scale_point(num_nodes: int, threads: int, repeats: int, seed: int, o
     Runs in a fresh process (see :func:`run_in_fresh_process`).
     """
     torch.set_num_threads(threads)
-    encoder = synthetic_pipeline(num_nodes, seed).condition_encoder
+    encoder = synthetic_pipeline(num_nodes, seed, geometry_form).condition_encoder
     chunks = torch.arange(num_nodes).split(ENCODER_CHUNK_NODES)
     modes = {"chunked": lambda: [encoder(rows) for rows in chunks]}
     if one_shot:
@@ -479,7 +483,12 @@ def encoder_scale_point(num_nodes: int, threads: int, repeats: int, seed: int, o
     with torch.no_grad():
         encoder(chunks[0][:1])  # warm-up outside the memory window: geoopt compiles its TorchScript functions
     edges = int(encoder.config.num_edges)
-    point = {"nodes": num_nodes, "entities": int(encoder.config.num_entities), "edges": edges}
+    point = {
+        "nodes": num_nodes,
+        "geometry_form": geometry_form,
+        "entities": int(encoder.config.num_entities),
+        "edges": edges,
+    }
     for mode, forward in modes.items():
         gc.collect()
         idle = reset_peak_memory()
@@ -535,13 +544,14 @@ def generation_scale_point(num_nodes: int, steps: int, batch_size: int, threads:
 def bench_scale(settings: dict, threads: int, batch_size: int, seed: int) -> dict:
     encoder_points = []
     for num_nodes in settings["encoder_nodes"]:
-        logger.info("scale: condition encoder over %d nodes", num_nodes)
         one_shot = num_nodes <= settings["encoder_one_shot_max_nodes"]
-        encoder_points.append(
-            run_in_fresh_process(
-                encoder_scale_point, num_nodes, threads, settings["scale_repeats"], seed, one_shot
+        for geometry_form in GEOMETRY_FORMS:
+            logger.info("scale: condition encoder (%s) over %d nodes", geometry_form, num_nodes)
+            encoder_points.append(
+                run_in_fresh_process(
+                    encoder_scale_point, num_nodes, threads, settings["scale_repeats"], seed, one_shot, geometry_form
+                )
             )
-        )
     generation_points = []
     for num_nodes in settings["generation_nodes"]:
         logger.info("scale: one day for each of %d nodes, DDIM %d", num_nodes, SCALE_INFERENCE_STEPS)
@@ -563,6 +573,9 @@ def _x(value: float) -> str:
 def scale_tables(scale: dict) -> list[str]:
     """Markdown headings and tables of the ``scale`` section."""
     encoder = scale["encoder"]
+    published = {
+        p["nodes"]: p["chunked"]["timing"]["median_s"] for p in encoder if p["geometry_form"] == "as_published"
+    }
     first = encoder[0]["chunked"]["timing"]["median_s"]
     measured = [p for p in encoder if "one_shot" in p]
     bytes_per_edge = (
@@ -589,11 +602,13 @@ def scale_tables(scale: dict) -> list[str]:
         markdown_table(
             [
                 "nodes",
+                "geometry_form",
                 "entities",
                 "edges",
                 f"{ENCODER_CHUNK_NODES:,}-node chunks s",
                 "us/node",
-                f"time vs {encoder[0]['nodes']:,}",
+                f"time vs {encoder[0]['nodes']:,} as_published",
+                "time vs as_published",
                 "peak MiB",
                 "one forward s",
                 "us/node",
@@ -602,11 +617,13 @@ def scale_tables(scale: dict) -> list[str]:
             [
                 [
                     f"{p['nodes']:,}",
+                    p["geometry_form"],
                     f"{p['entities']:,}",
                     f"{p['edges']:,}",
                     f"{p['chunked']['timing']['median_s']:.3f}",
                     f"{p['chunked']['us_per_node']:.1f}",
                     _x(p["chunked"]["timing"]["median_s"] / first),
+                    _x(p["chunked"]["timing"]["median_s"] / published[p["nodes"]]),
                     f"{p['chunked']['peak_above_idle_mib']:.0f}",
                     *one_shot_cells(p),
                 ]
