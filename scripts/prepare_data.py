@@ -42,7 +42,10 @@ Layouts and example commands (data paths as in ../shared/data):
   synthetic-city  the embedded procedural city (no download); its KG comes with it.
     python scripts/prepare_data.py --layout synthetic-city --output prepared/synthetic --num_nodes 40
 
-An existing non-empty --output folder is only replaced with --overwrite.
+An existing non-empty --output folder is only replaced with --overwrite (the new folder is written beside it
+and swapped in, so an interrupted run keeps the old one). Add --check to any command to print, per node,
+coverage, days kept and dropped (and why), zeros, negatives, sentinels, out-of-range values and the value
+range, without writing anything; it exits 1 on what preparation or training would stop at.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kgdiff_diffusers.data.checks import OUT_OF_RANGE_ACTIONS, OUTLIER_FACTOR
+from kgdiff_diffusers.data.checks import OUT_OF_RANGE_ACTIONS, OUTLIER_FACTOR, check_data
 from kgdiff_diffusers.data.loaders import (
     load_dcrnn_h5,
     load_flow_npz,
@@ -94,7 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--layout", required=True, choices=LAYOUTS, help="input layout (see above)")
-    parser.add_argument("--output", required=True, type=Path, help="prepared dataset folder to write")
+    parser.add_argument("--output", type=Path, help="prepared dataset folder to write (not needed with --check)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only report per node what preparing would keep, drop and refuse; exit 1 on problems, write nothing",
+    )
     parser.add_argument(
         "--name", help="dataset name stored in prepared.json (default: the output folder's name)"
     )
@@ -182,7 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     kg.add_argument("--tucker_max_seconds", type=float, help=TUCKER_MAX_SECONDS_HELP)
 
     args = parser.parse_args(argv)
-    missing = [f"--{name}" for name in REQUIRED[args.layout] if getattr(args, name) is None]
+    missing = [f"--{name}" for name in REQUIRED[args.layout] + (() if args.check else ("output",))]
+    missing = [name for name in missing if getattr(args, name[2:]) is None]
     if missing:
         parser.error(f"--layout {args.layout} needs {' '.join(missing)}")
     return args
@@ -266,27 +275,44 @@ def build_kg(args: argparse.Namespace, data: SpatioTemporalData) -> KnowledgeGra
     )
 
 
-def main(argv: list[str] | None = None) -> PreparedDataset:
+def sampling_options(args: argparse.Namespace) -> dict:
+    """The split, day and value arguments shared by ``prepare_dataset`` and ``check_data``."""
+    return {
+        "test_fraction": args.test_fraction,
+        "test_node_ids": args.test_node_ids,
+        "include_weekends": args.include_weekends,
+        "max_gap_steps": args.max_gap_steps,
+        "max_missing_fraction": args.max_missing_fraction,
+        "missing_values": args.missing_values,
+        "valid_min": None if args.allow_negative else 0.0,
+        "valid_max": args.valid_max,
+        "out_of_range": args.out_of_range,
+    }
+
+
+def run_check(args: argparse.Namespace) -> None:
+    """Prints the per-node report of :func:`check_data`; raises ``ValueError`` listing the problems."""
+    data, _ = load_data(args)
+    per_node, summary, problems = check_data(data, **sampling_options(args))
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        print(per_node.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print("\n".join(summary))
+    if problems:
+        raise ValueError(f"--check found {len(problems)} problem(s): " + " | ".join(problems))
+    print("check passed: preparing and training can use this data")
+
+
+def main(argv: list[str] | None = None) -> PreparedDataset | None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.check:
+        run_check(args)
+        return None
     check_output_folder(args.output, args.overwrite)
     data, kg = load_data(args)
     if kg is None:
         kg = build_kg(args, data)
-    prepared = prepare_dataset(
-        data,
-        kg,
-        args.name or args.output.name,
-        test_fraction=args.test_fraction,
-        test_node_ids=args.test_node_ids,
-        include_weekends=args.include_weekends,
-        max_gap_steps=args.max_gap_steps,
-        max_missing_fraction=args.max_missing_fraction,
-        missing_values=args.missing_values,
-        valid_min=None if args.allow_negative else 0.0,
-        valid_max=args.valid_max,
-        out_of_range=args.out_of_range,
-    )
+    prepared = prepare_dataset(data, kg, args.name or args.output.name, **sampling_options(args))
     if not args.no_kg_embeddings:
         result = pretrain_tucker(
             kg,

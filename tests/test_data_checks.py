@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,17 @@ def flow_data(num_nodes: int = 6, num_days: int = 7, steps_per_day: int = 24, se
     data = SpatioTemporalData(values, timestamps, node_table, ["inflow", "outflow"], 1440 // steps_per_day, False)
     data.load_report = {"source": "flows.csv"}
     return data
+
+
+def write_long_table(data: SpatioTemporalData, table: Path, nodes: Path) -> None:
+    """``data`` (D = 2) as a long CSV table and its node table."""
+    rows = [
+        (t, node_id, data.values[n, i, 0], data.values[n, i, 1])
+        for n, node_id in enumerate(data.node_ids)
+        for i, t in enumerate(data.timestamps)
+    ]
+    pd.DataFrame(rows, columns=["timestamp", "node_id", "inflow", "outflow"]).to_csv(table, index=False)
+    data.node_table.to_csv(nodes, index=False)
 
 
 def test_interpolate_gaps_fills_a_non_contiguous_input() -> None:
@@ -121,13 +133,7 @@ def test_script_flags_for_values(tmp_path: Path) -> None:
     script = load_script()
     data = flow_data(num_nodes=4)
     data.values[1, 3, 0] = -1.0
-    rows = [
-        (t, node_id, data.values[n, i, 0], data.values[n, i, 1])
-        for n, node_id in enumerate(data.node_ids)
-        for i, t in enumerate(data.timestamps)
-    ]
-    pd.DataFrame(rows, columns=["timestamp", "node_id", "inflow", "outflow"]).to_csv(tmp_path / "t.csv", index=False)
-    data.node_table.to_csv(tmp_path / "nodes.csv", index=False)
+    write_long_table(data, tmp_path / "t.csv", tmp_path / "nodes.csv")
     argv = ["--layout", "long-table", "--output", str(tmp_path / "out"), "--table", str(tmp_path / "t.csv")]
     argv += ["--node_table", str(tmp_path / "nodes.csv"), "--no_kg_embeddings", "--test_fraction", "0.25"]
     with pytest.raises(ValueError, match=r"t.csv: 1 value\(s\) of 'inflow' outside .*--missing_values -1"):
@@ -270,3 +276,30 @@ def test_all_nodes_at_one_point_are_refused(tmp_path: Path, caplog) -> None:
     with pytest.raises(ValueError, match="all 4 nodes have latitude 40.0: the latitude split cannot separate them"):
         split_nodes_by_latitude(table, 0.25)
     assert split_nodes_by_latitude(table, test_node_ids=["d"]) == (["a", "b", "c"], ["d"])
+
+
+# ------------------------------------------------------------ prepare_data.py --check
+
+
+def test_check_reports_per_node_and_exits_non_zero_on_problems(tmp_path: Path, capsys) -> None:
+    script = load_script()
+    data = flow_data(num_nodes=4)
+    data.values[1, 3, 0] = -1.0
+    data.values[2, 24:48] = np.nan  # Tuesday without readings
+    data.values[3] = 0.0
+    write_long_table(data, tmp_path / "t.csv", tmp_path / "nodes.csv")
+    argv = ["--layout", "long-table", "--table", str(tmp_path / "t.csv"), "--node_table", str(tmp_path / "nodes.csv")]
+    argv += ["--check"]
+    with pytest.raises(ValueError, match=r"--check found 1 problem\(s\): 1 value\(s\) outside the plausible range at 1 "
+                       r"node\(s\) \(e.g. \['a1'\]\)"):
+        script.main(argv)
+    capsys.readouterr()
+    assert script.main(argv + ["--missing_values", "-1"]) is None
+    out = capsys.readouterr().out
+    table = pd.read_fwf(io.StringIO(out.split("\n4 nodes")[0])).set_index("node_id")
+    assert table.loc["a1", "sentinels"] == 1 and table.loc["a1", "negatives"] == 1
+    assert table.loc["a2", "days_kept"] == 4 and table.loc["a2", "dropped_no_data"] == 1
+    assert table.loc["a2", "coverage"] == pytest.approx(1 - 24 / 168, abs=1e-3)
+    assert table.loc["a3", "zeros"] == 2 * 168 and table.loc["a3", "max_inflow"] == 0
+    assert "1 node(s) read only 0" in out and "delay embedding: window 8, stride 3 -> 8x8 images" in out
+    assert "check passed" in out and not (tmp_path / "out").exists()

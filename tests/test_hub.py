@@ -146,7 +146,8 @@ def test_wheel_ships_the_card_templates(tmp_path):
     pytest.importorskip("setuptools")
     repo_root = Path(__file__).resolve().parents[1]
     source = tmp_path / "source"  # a copy, so that the build leaves nothing in the repository
-    shutil.copytree(repo_root / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for folder in ("src", "hub_cards"):
+        shutil.copytree(repo_root / folder, source / folder, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(repo_root / name, source / name)
     subprocess.run(
@@ -161,6 +162,9 @@ def test_wheel_ships_the_card_templates(tmp_path):
     }
     assert {"kgdiff_diffusers/hub_cards/model_card.md", "kgdiff_diffusers/hub_cards/dataset_card.md"} <= templates
     assert shipped == templates
+    assert hub.TEMPLATE_DIR == repo_root / "hub_cards"  # the top-level layout of the design card
+    modules = {path.relative_to(repo_root / "src").as_posix() for path in (repo_root / "src").rglob("*.py")}
+    assert modules <= set(zipfile.ZipFile(wheel).namelist())  # pyproject's package list misses none
 
 
 @pytest.mark.parametrize("flavour", hub.FLAVOURS)

@@ -13,7 +13,8 @@ the node table (split ``train``); the repository is also a prepared-dataset fold
 ``PreparedDataset.load`` reads.
 
 Card templates (Jinja, rendered by ``ModelCard.from_template`` / ``DatasetCard.from_template``) live in
-``hub_cards/`` inside the package (shipped as package data): ``model_card.md``, ``dataset_card.md`` and one
+``hub_cards/`` at the repository's top level, shipped in the wheel as ``kgdiff_diffusers/hub_cards/`` (see
+pyproject.toml): ``model_card.md``, ``dataset_card.md`` and one
 ``flavours/<flavour>.yaml`` of text blocks per flavour (:data:`FLAVOURS`).
 """
 
@@ -56,7 +57,12 @@ from .schedulers.scheduling_kgdiff import SAMPLERS
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_DIR = Path(__file__).resolve().parent / "hub_cards"
+# An installed wheel carries the templates inside the package; a source checkout keeps them at its top level.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATE_DIR = next(
+    (folder for folder in (_PACKAGE_DIR / "hub_cards", _PACKAGE_DIR.parents[1] / "hub_cards") if folder.is_dir()),
+    _PACKAGE_DIR / "hub_cards",
+)
 FLAVOURS = ("pems-bay", "metr-la", "nyc-bike", "generic")
 LIBRARY_NAME = "kgdiff-diffusers"
 DEFAULT_LICENSE = "apache-2.0"

@@ -13,10 +13,15 @@ samples are cut (:func:`~kgdiff_diffusers.data.prepared.prepare_dataset`):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 
+from ..delay_embedding import choose_delay_embedding
+from .days import DEFAULT_MAX_MISSING_FRACTION, feature_stats, make_day_samples, split_nodes_by_latitude
 from .series import SpatioTemporalData
 
 OUTLIER_FACTOR = 100.0
@@ -112,3 +117,85 @@ def check_value_range(
         "valid_max": high.tolist(),
         "out_of_range_masked": {name: int(n) for name, n in zip(data.feature_names, masked)},
     }
+
+
+def check_data(
+    data: SpatioTemporalData,
+    include_weekends: bool = False,
+    max_gap_steps: int | None = None,
+    max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION,
+    missing_values: Sequence[float] = (),
+    valid_min: float | None = 0.0,
+    valid_max: float | None = None,
+    out_of_range: str = "error",
+    test_fraction: float = 0.25,
+    test_node_ids: Sequence[str] | None = None,
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """What preparing and training would make of ``data``, per node, without building anything.
+
+    Arguments as in :func:`~kgdiff_diffusers.data.prepared.prepare_dataset`. ``data`` is not modified.
+
+    Returns:
+        ``(per_node, summary, problems)``: one row per node (``coverage`` = share of time steps with every
+        feature, node-days kept and dropped per reason, ``zeros``, ``negatives``, ``sentinels`` and
+        ``out_of_range`` counts, and ``min_<feature>`` / ``max_<feature>``); summary lines; and the
+        problems that would stop preparation or training (empty when the data is usable).
+    """
+    data = replace(data, values=data.values.copy())
+    values = data.values
+    per_node = pd.DataFrame({"node_id": data.node_ids})
+    per_node["coverage"] = np.round(1.0 - np.isnan(values).any(axis=-1).mean(axis=1), 4)
+    per_node["zeros"] = (values == 0).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore"):
+        per_node["negatives"] = (values < 0).sum(axis=(1, 2))
+    sentinels = np.isin(values, np.asarray(missing_values, dtype=np.float32))
+    per_node["sentinels"] = sentinels.sum(axis=(1, 2))
+    mask_sentinels(data, missing_values)
+    low, high = plausible_range(data.values, valid_min, valid_max)
+    with np.errstate(invalid="ignore"):
+        per_node["out_of_range"] = ((data.values < low) | (data.values > high)).sum(axis=(1, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nodes without any reading: NaN
+        for d, name in enumerate(data.feature_names):
+            per_node[f"min_{name}"] = np.nanmin(data.values[..., d], axis=1)
+            per_node[f"max_{name}"] = np.nanmax(data.values[..., d], axis=1)
+    check_value_range(data, valid_min, valid_max, "missing")
+    problems = []
+    bad = per_node.loc[per_node["out_of_range"] > 0, "node_id"].tolist()
+    if bad and out_of_range == "error":
+        problems.append(
+            f"{int(per_node['out_of_range'].sum())} value(s) outside the plausible range at {len(bad)} node(s) "
+            f"(e.g. {bad[:3]}); declare sentinels (--missing_values), --out_of_range missing or --allow_negative"
+        )
+    days, day_mask, dates, report = make_day_samples(data, include_weekends, max_gap_steps, max_missing_fraction)
+    per_node["days_kept"] = day_mask.sum(axis=1)
+    for reason, counts in report["node_days_dropped_by_node"].items():
+        per_node[f"dropped_{reason}"] = counts
+    summary = [
+        f"{data.num_nodes} nodes, {data.interval_minutes}-minute steps ({report['steps_per_day']} per day), "
+        f"{len(dates)} {'days' if include_weekends else 'weekdays'} with data "
+        f"({report['weekend_days_excluded']} weekend days excluded), {report['node_days_kept']} node-days kept, "
+        f"dropped {report['node_days_dropped']}, {report['values_interpolated']} values to interpolate",
+    ]
+    try:
+        train_ids, test_ids = split_nodes_by_latitude(data.node_table, test_fraction, test_node_ids)
+        train = set(train_ids)
+        per_node["split"] = ["train" if node_id in train else "test" for node_id in data.node_ids]
+        feature_stats(days, day_mask, np.flatnonzero(per_node["split"] == "train"))
+        summary.append(f"split: {len(train_ids)} train, {len(test_ids)} test nodes")
+    except ValueError as err:
+        problems.append(str(err))
+    try:
+        window, stride = choose_delay_embedding(report["steps_per_day"])
+        summary.append(f"delay embedding: window {window}, stride {stride} -> {window}x{window} images")
+    except ValueError as err:
+        problems.append(str(err))
+    without_days = per_node.loc[per_node["days_kept"] == 0, "node_id"].tolist()
+    if without_days:
+        summary.append(f"{len(without_days)} node(s) keep no day and are left out of training: {without_days[:5]}")
+    readings = np.isfinite(values).sum(axis=(1, 2))
+    only_zeros = per_node.loc[(readings > 0) & (per_node["zeros"] == readings), "node_id"].tolist()
+    if only_zeros:
+        summary.append(f"{len(only_zeros)} node(s) read only 0 (no activity, or 0 = no reading?): {only_zeros[:5]}")
+    first = ["node_id"] + (["split"] if "split" in per_node else []) + ["coverage", "days_kept"]
+    return per_node[first + [c for c in per_node.columns if c not in first]], summary, problems

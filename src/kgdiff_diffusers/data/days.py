@@ -78,7 +78,8 @@ def make_day_samples(
     Returns:
         ``(days, day_mask, dates, report)``: ``days`` ``(N, S, T, D)`` float32 in data units with 0 where
         ``day_mask`` ``(N, S)`` is False; ``dates`` ``(S,)`` ISO dates; ``report`` the counts (nodes,
-        dates kept/removed, weekend days excluded, node-days kept and dropped per reason, zeros masked
+        dates kept/removed, weekend days excluded, node-days kept and dropped per reason (in all and per
+        node, ``(N,)`` lists), zeros masked
         here (loaders of zero-is-missing data have already masked theirs), values missing and interpolated).
     """
     interval = data.interval_minutes
@@ -137,6 +138,11 @@ def make_day_samples(
             "no_data": int(no_data.sum()),
             "too_many_missing": int(too_many_missing.sum()),
             "long_gap": int(long_gap.sum()),
+        },
+        "node_days_dropped_by_node": {
+            "no_data": no_data.sum(axis=1).tolist(),
+            "too_many_missing": too_many_missing.sum(axis=1).tolist(),
+            "long_gap": long_gap.sum(axis=1).tolist(),
         },
         "zeros_masked": zeros_masked,
         "values_missing": values_missing,
