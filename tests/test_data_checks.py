@@ -303,3 +303,12 @@ def test_check_reports_per_node_and_exits_non_zero_on_problems(tmp_path: Path, c
     assert table.loc["a3", "zeros"] == 2 * 168 and table.loc["a3", "max_inflow"] == 0
     assert "1 node(s) read only 0" in out and "delay embedding: window 8, stride 3 -> 8x8 images" in out
     assert "check passed" in out and not (tmp_path / "out").exists()
+
+
+def test_a_save_killed_between_the_renames_is_reported(tmp_path: Path, caplog) -> None:
+    from kgdiff_diffusers.data.prepared import check_output_folder
+
+    (tmp_path / ".prepared.old-abc123").mkdir()  # what a kill after the first rename leaves
+    with caplog.at_level("WARNING"):
+        check_output_folder(tmp_path / "prepared")
+    assert ".prepared.old-abc123 holds what" in caplog.text and "before an interrupted save" in caplog.text

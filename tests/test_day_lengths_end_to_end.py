@@ -1,4 +1,4 @@
-"""Hourly and 15-minute days end to end: prepare_data.py -> train.py (20 steps) -> evaluate.py."""
+"""Hourly, 15-minute and 7-day data end to end: prepare_data.py -> train.py (20 steps) -> evaluate.py."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from kgdiff_diffusers import KGDiffPipeline
@@ -17,13 +18,16 @@ TINY_MODEL += ["--norm_num_groups", "8", "--meta_pattern_hidden_dim", "32", "--n
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("steps_per_day, image_side", [(24, 8), (96, 16)])
-def test_prepare_train_evaluate(tmp_path: Path, steps_per_day: int, image_side: int) -> None:
+@pytest.mark.parametrize("steps_per_day, image_side, weekends", [(24, 8, False), (96, 16, False), (24, 8, True)])
+def test_prepare_train_evaluate(tmp_path: Path, steps_per_day: int, image_side: int, weekends: bool) -> None:
     data, model, report = tmp_path / "data", tmp_path / "model", tmp_path / "eval"
-    load("prepare_data").main(
+    prepared = load("prepare_data").main(
         ["--layout", "synthetic-city", "--output", str(data), "--num_nodes", "10", "--num_days", "8"]
         + ["--steps_per_day", str(steps_per_day), "--embedding_dim", "8", "--tucker_epochs", "2"]
+        + (["--include_weekends"] if weekends else [])
     )
+    day_of_week = pd.DatetimeIndex(prepared.dates).day_of_week
+    assert len(prepared.dates) == (8 if weekends else 6) and (day_of_week >= 5).any() == weekends
     load("train").main(
         ["--dataset", str(data), "--output_dir", str(model), *TINY_MODEL, "--max_train_steps", "20"]
         + ["--train_batch_size", "16", "--validation_steps", "1000", "--checkpointing_steps", "1000"]
