@@ -30,6 +30,7 @@ from kgdiff_diffusers.evaluation import (
     evaluate_pipeline,
     markdown_table,
     save_samples,
+    with_training_split,
     write_report,
 )
 from kgdiff_diffusers.schedulers.scheduling_kgdiff import SAMPLERS
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> EvaluationResult:
     check_outputs(args)
     if not (args.model / "model_index.json").is_file():
         raise FileNotFoundError(f"--model {args.model}: no model_index.json; pass a save_pretrained folder")
-    dataset = PreparedDataset.load(args.data)
+    dataset = with_training_split(PreparedDataset.load(args.data), args.model)
     pipe = KGDiffPipeline.from_pretrained(args.model)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     logger.info("evaluating %s on %s: %d test nodes, sampler %s, %d steps", args.model, dataset.name,

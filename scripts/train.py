@@ -10,8 +10,8 @@ VALIDATION nodes cut from the training side (``--validation_fraction`` of the tr
 highest latitudes, or the prepared folder's own ``validation`` split), never test nodes; validation nodes
 are excluded from training too, so their scores measure unseen places. The history goes to
 ``validation.json`` with the best step by ``--validation_metric``; the saved pipeline is the final
-EMA weights, not retrained on the validation nodes (a checkpoint of the best step, when one was kept, can be
-resumed or loaded instead). The script follows diffusers' training examples: gradient accumulation, mixed
+EMA weights, or with ``--final_weights best`` the EMA weights of the checkpoint at the best validation step
+(never retrained on the validation nodes). The script follows diffusers' training examples: gradient accumulation, mixed
 precision, EMA weights, AdamW with a learning-rate schedule, gradient clipping, checkpoints that resume
 exactly (steps, optimiser, EMA, RNG, data order), tensorboard logging, and at the end a ``KGDiffPipeline``
 with the EMA weights in ``--output_dir`` (optionally pushed to the Hub).
@@ -162,6 +162,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     val.add_argument("--validation_sampler", default="ddim", help="ddpm | ddim | dpm++ | unipc")
     val.add_argument("--validation_inference_steps", type=int, default=20)
     val.add_argument("--validation_max_days", type=int, default=8, help="real days per validation node")
+    val.add_argument("--final_weights", choices=("last", "best"), default="last",
+                     help="the saved pipeline: the last step's EMA weights, or those of the checkpoint at the best "
+                     "validation step (needs --checkpointing_steps dividing --validation_steps)")
     val.add_argument("--final_evaluation", action="store_true", help="full evaluation + report at the end")
     val.add_argument("--final_sampler", default="ddim")
     val.add_argument("--final_inference_steps", type=int, default=50)
@@ -201,6 +204,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.final_weights == "best" and args.validation_steps % args.checkpointing_steps:
+        parser.error("--final_weights best needs a checkpoint at every validation step: --checkpointing_steps must "
+                     f"divide --validation_steps ({args.checkpointing_steps} does not divide {args.validation_steps})")
     if not 0.0 <= args.validation_fraction < 1.0:
         parser.error(f"--validation_fraction must be in [0, 1), got {args.validation_fraction}")
     if not args.learning_rate > 0:
@@ -472,6 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     progress.close()
 
     accelerator.wait_for_everyone()
+    load_best_checkpoint(accelerator, args, checkpoint_dir)
     if accelerator.is_main_process:
         if ema is not None:
             ema.copy_to(trainable)
@@ -527,6 +534,32 @@ def validation_history(args: argparse.Namespace, start_step: int) -> list[dict]:
     return [entry for entry in json.loads(path.read_text())["history"] if entry["step"] <= start_step]
 
 
+def best_validation(history: list[dict], metric: str) -> dict | None:
+    """The history entry with the lowest ``metric`` (the earliest on ties); None when none has a score."""
+    scored = [entry for entry in history if entry["metrics"].get(metric) is not None]
+    return min(scored, key=lambda entry: entry["metrics"][metric], default=None)
+
+
+def load_best_checkpoint(accelerator, args: argparse.Namespace, checkpoint_dir: Path) -> None:
+    """With ``--final_weights best``: restores the training state (EMA included) of the best validation step.
+
+    Every process reads the best step from ``validation.json`` (written by the main process).
+    """
+    if args.final_weights != "best":
+        return
+    path = args.output_dir / VALIDATION_FILE
+    best_step = json.loads(path.read_text())["best_step"] if path.is_file() else None
+    checkpoint = None if best_step is None else checkpoint_dir / f"{CHECKPOINT_PREFIX}{best_step}"
+    if checkpoint is None or not checkpoint.is_dir():
+        missing = "no validation score" if checkpoint is None else f"{checkpoint} is gone"
+        logger.warning(f"--final_weights best: {missing}; saving the last weights (keep more checkpoints with "
+                       "--checkpoints_total_limit)")
+        return
+    accelerator.load_state(str(checkpoint))
+    logger.info(f"--final_weights best: the weights of step {best_step} (best {args.validation_metric} on the "
+                f"validation nodes), from {checkpoint}")
+
+
 def run_validation(accelerator, pipe, dataset, args, ema, trainable, step: int, history: list[dict]) -> None:
     """Validation metrics on the validation nodes with the EMA weights (main process only).
 
@@ -547,8 +580,7 @@ def run_validation(accelerator, pipe, dataset, args, ema, trainable, step: int, 
             + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None)
         )
         history.append({"step": step, "metrics": metrics})
-        scored = [entry for entry in history if entry["metrics"].get(args.validation_metric) is not None]
-        best = min(scored, key=lambda entry: entry["metrics"][args.validation_metric], default=None)
+        best = best_validation(history, args.validation_metric)
         (args.output_dir / VALIDATION_FILE).write_text(json.dumps({
             "validation_node_ids": dataset.validation_node_ids,
             "metric": args.validation_metric,

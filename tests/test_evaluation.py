@@ -23,6 +23,7 @@ from kgdiff_diffusers.evaluation import (
     generate_for_nodes,
     markdown_table,
     new_node_neighbors,
+    with_training_split,
 )
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
 from kgdiff_diffusers.metrics import evaluate_nodes
@@ -200,6 +201,19 @@ def test_validation_split_is_evaluated_and_baselines_alone_match(tiny):
     assert alone["methods"]["global_mean_profile"]["mae"] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="split must be one of"):
         evaluate_baselines(split, split="valid")
+
+
+def test_evaluation_reuses_the_validation_nodes_the_model_was_trained_without(tiny, tmp_path):
+    dataset, _, _, _ = tiny
+    assert with_training_split(dataset, tmp_path) is dataset  # no training_config.json
+    (tmp_path / "training_config.json").write_text(json.dumps({"validation_node_ids": dataset.train_node_ids[:2]}))
+    split = with_training_split(dataset, tmp_path)
+    assert split.validation_node_ids == dataset.train_node_ids[:2]
+    assert split.train_node_ids == dataset.train_node_ids[2:] and split.test_node_ids == dataset.test_node_ids
+    assert with_training_split(split, tmp_path) is split  # a dataset with its own validation split is kept
+    (tmp_path / "training_config.json").write_text(json.dumps({"validation_node_ids": ["elsewhere"]}))
+    with pytest.raises(ValueError, match="not nodes of dataset"):
+        with_training_split(dataset, tmp_path)
 
 
 def test_pipeline_dataset_mismatch_is_a_clear_error(tiny):

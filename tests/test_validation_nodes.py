@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.data.prepared import prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.training import training_samples
@@ -55,7 +57,7 @@ def test_training_writes_a_validation_history_on_validation_nodes(train, tmp_pat
         "--dataset", "synthetic-city", "--synthetic_nodes", "12", "--synthetic_days", "8", "--embedding_dim", "16",
         "--tucker_epochs", "2", "--condition_dim", "16", "--block_out_channels", "16,32", "--norm_num_groups", "8",
         "--meta_pattern_hidden_dim", "32", "--num_train_timesteps", "20", "--train_batch_size", "16",
-        "--max_train_steps", "4", "--checkpointing_steps", "4", "--validation_steps", "2",
+        "--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_steps", "2", "--final_weights", "best",
         "--validation_inference_steps", "2", "--validation_max_days", "2", "--report_to", "none",
         "--output_dir", str(output),
     ])
@@ -70,3 +72,18 @@ def test_training_writes_a_validation_history_on_validation_nodes(train, tmp_pat
     assert validation["metric"] == "crps" and validation["best_step"] == [2, 4][int(np.argmin(scores))]
     assert all(set(entry["metrics"]) >= {"mae", "mmd_fixed_bandwidth", "crps", "spread_ratio"}
                for entry in validation["history"])
+    # --final_weights best: the saved pipeline holds the EMA weights of the best step's checkpoint
+    unet = KGDiffPipeline.from_pretrained(output).unet
+    saved = [p.detach() for p in unet.parameters()]
+
+    def ema_weights(step):
+        state = torch.load(output / "checkpoints" / f"checkpoint-{step}" / "custom_checkpoint_0.pkl",
+                           weights_only=False)
+        return state["shadow_params"][: len(saved)]
+
+    best, other = validation["best_step"], 6 - validation["best_step"]
+    assert all(torch.equal(a, b) for a, b in zip(saved, ema_weights(best)))
+    assert not all(torch.equal(a, b) for a, b in zip(saved, ema_weights(other)))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--dataset", "x", "--output_dir", "y", "--final_weights", "best",
+                          "--validation_steps", "3", "--checkpointing_steps", "2"])

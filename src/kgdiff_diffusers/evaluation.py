@@ -312,6 +312,22 @@ def _evaluate(dataset, split, generate, seed, samples_per_node, include_baseline
     return EvaluationResult(metrics, node_ids, generated, generated_mask, real, real_mask, list(dataset.dates))
 
 
+def with_training_split(dataset, model_dir: str | Path):
+    """``dataset`` with the validation nodes that the pipeline in ``model_dir`` was trained without.
+
+    ``scripts/train.py`` holds validation nodes out of training and records them in ``training_config.json``;
+    applying them here makes the baselines draw from the same train nodes as the model. The dataset is returned
+    unchanged when it has its own validation split or the pipeline's folder names none.
+    """
+    config = Path(model_dir) / "training_config.json"
+    if dataset.validation_node_ids or not config.is_file():
+        return dataset
+    validation = json.loads(config.read_text(encoding="utf-8")).get("validation_node_ids") or []
+    if not validation:
+        return dataset
+    return dataset.with_split(dataset.test_node_ids, validation, rule=f"validation nodes of {config}")
+
+
 def _describe(method: str) -> str:
     if method.startswith("knn"):
         k, _, kind = method[3:].partition("_")
