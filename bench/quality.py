@@ -673,7 +673,9 @@ def main(argv: list[str] | None = None) -> None:
         "prepare_commands": prepare_commands,
     }
     if args.curve:
-        curves = {key: run_curve(key, split_dirs[(key, PAPER_SPLIT)], args) for key in args.datasets}
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {key: pool.submit(run_curve, key, split_dirs[(key, PAPER_SPLIT)], args) for key in args.datasets}
+            curves = {key: future.result() for key, future in futures.items()}
         tables = "\n\n".join(
             f"### {DATASETS[key].label}: validation nodes {', '.join(curve['validation_node_ids'])}, "
             f"{curve['unit']['variant']}, best step by {curve['best_metric']}: {curve['best_step']}\n\n"
