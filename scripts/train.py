@@ -54,6 +54,7 @@ from kgdiff_diffusers.kg.tucker import (
     save_kg_embeddings,
 )
 from kgdiff_diffusers.models.condition_encoder import GEOMETRY_FORMS, NEIGHBOR_WEIGHTINGS
+from kgdiff_diffusers.models.donor_prior import DONOR_WEIGHTINGS
 from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline, kgdiff_loss, training_samples
 
 logger = get_logger(__name__, log_level="INFO")
@@ -72,6 +73,7 @@ PRESETS = {
 CHECKPOINT_PREFIX = "checkpoint-"
 VALIDATION_FILE = "validation.json"
 VALIDATION_METRICS = ("crps", "mae", "rmse", "mmd_fixed_bandwidth", "mmd", "jsd")
+TRAINED_COMPONENTS = ("unet", "condition_encoder", "meta_pattern", "donor_prior")
 
 
 class GeneratorState:
@@ -124,6 +126,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(relation translations and gyromidpoints: each geometry matters)",
     )
     model.add_argument("--meta_pattern_weight", type=float, default=1.0, help="weight of the f-regression term")
+    model.add_argument("--num_donors", type=int, help="donor prior: candidates per source (geography, KG); default 8")
+    model.add_argument(
+        "--donor_weighting", choices=DONOR_WEIGHTINGS, help="donor prior: 'uniform' (default) or 'learned' weights"
+    )
     ablation = parser.add_argument_group("ablations (paper Table 3)")
     for name, text in (
         ("no_geometry_moe", "w/o Geometry-MoE"),
@@ -132,6 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("no_spherical", "w/o S expert"),
         ("no_meta_pattern", "w/o meta pattern"),
         ("no_guidance", "unconditional"),
+        ("no_donor_prior", "the paper's configuration: f from the meta-pattern MLP, no donor prior / residual scaling"),
     ):
         ablation.add_argument(f"--{name}", action="store_true", help=text)
     train = parser.add_argument_group("training")
@@ -233,6 +240,7 @@ def model_config(args: argparse.Namespace) -> KGDiffModelConfig:
         use_spherical=not args.no_spherical,
         use_meta_pattern=not args.no_meta_pattern,
         use_guidance=not args.no_guidance,
+        use_donor_prior=not (args.no_donor_prior or args.no_meta_pattern),
     )
 
 
@@ -382,8 +390,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
 
-    unet, encoder, meta_pattern = pipe.unet, pipe.condition_encoder, pipe.meta_pattern
-    modules = [m for m in (unet, encoder, meta_pattern) if m is not None]
+    component_names = [n for n in TRAINED_COMPONENTS if getattr(pipe, n) is not None]
+    modules = [getattr(pipe, n) for n in component_names]
     trainable = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     loader = torch.utils.data.DataLoader(
@@ -401,8 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     prepared = accelerator.prepare(*modules, optimizer, loader, lr_scheduler)
     modules, (optimizer, loader, lr_scheduler) = list(prepared[: len(modules)]), prepared[len(modules) :]
-    unet, encoder = modules[0], modules[1]
-    meta_pattern = modules[2] if meta_pattern is not None else None
+    trained = dict(zip(component_names, modules))
     ema = None
     if args.ema_decay > 0:
         ema = EMAModel(trainable, decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
@@ -438,15 +445,16 @@ def main(argv: list[str] | None = None) -> None:
         for batch_days, batch_rows in batches:
             with accelerator.accumulate(*modules):
                 out = kgdiff_loss(
-                    unet,
-                    encoder,
-                    meta_pattern,
+                    trained["unet"],
+                    trained["condition_encoder"],
+                    trained.get("meta_pattern"),
                     pipe.scheduler,
                     pipe.delay_embedding,
                     batch_days,
                     batch_rows,
                     meta_pattern_weight=args.meta_pattern_weight,
                     generator=noise_generator,
+                    donor_prior=trained.get("donor_prior"),
                 )
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients:
@@ -482,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         if ema is not None:
             ema.copy_to(trainable)
-        for name, module in zip(("unet", "condition_encoder", "meta_pattern"), modules):
+        for name, module in zip(component_names, modules):
             setattr(pipe, name, accelerator.unwrap_model(module))
         pipe.save_pretrained(args.output_dir)
         logger.info(f"saved the pipeline (EMA weights) to {args.output_dir}")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .delay_embedding import DelayEmbedding, check_delay_embedding, choose_delay_embedding
 from .models.condition_encoder import KGConditionEncoder
+from .models.donor_prior import KGDiffDonorPrior
 from .models.meta_pattern import KGDiffMetaPattern
 from .models.unet_kgdiff import KGDiffUNet2DModel
 from .pipelines.pipeline_kgdiff import KGDiffPipeline
@@ -35,6 +36,7 @@ def kgdiff_loss(
     node_rows: torch.Tensor,
     meta_pattern_weight: float = 1.0,
     generator: torch.Generator | None = None,
+    donor_prior: KGDiffDonorPrior | None = None,
 ) -> KGDiffLoss:
     r"""One Monte-Carlo estimate of the KGDiff objective for a batch of (node, day) samples.
 
@@ -47,25 +49,42 @@ def kgdiff_loss(
       shaped through the noise term, which is blind to a constant shift of ``f``. It is skipped when
       ``meta_pattern`` is ``None`` (the "w/o meta pattern" ablation: ``f = 0``).
 
+    With a ``donor_prior`` (the default model) the diffusion runs on the node's scaled residual day
+    ``Y_0 = (X_0 - m) / s``, with ``m``, ``s`` the node's own mean day and spread, as plain DDPM (no drift):
+    the denoiser learns day-to-day variation, conditioned on ``phi`` and on ``m`` (its ``meta_pattern``
+    input). The meta-pattern term then trains the donor prior instead: ``|| f_prior - x ||^2`` where
+    ``f_prior`` is the leave-one-out estimate from other training nodes, the one sampling starts from.
+
     Args:
         days: ``(B, D, T)`` normalised days.
         node_rows: ``(B,)`` encoder rows of each day's node (training nodes only).
         meta_pattern_weight: weight of the meta-pattern term.
         generator: optional RNG for steps and noise.
+        donor_prior: the level/shape prior of the residual model (then ``meta_pattern`` must be ``None``).
     """
     batch = days.shape[0]
     phi = condition_encoder(node_rows)
     x0 = delay_embedding.to_image(days)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=x0.device)
-    if meta_pattern is not None:
+    if donor_prior is not None:
+        if meta_pattern is not None:
+            raise ValueError("give a meta_pattern or a donor_prior, not both")
+        prior_series, _ = donor_prior(node_rows)
+        meta_loss = F.mse_loss(prior_series, days)
+        own_series, own_scale = donor_prior.own_statistics(node_rows)
+        meta_image = delay_embedding.to_image(own_series)
+        x0 = (x0 - meta_image) / own_scale[..., None, None]
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+    elif meta_pattern is not None:
         meta_series = meta_pattern(phi)
         meta_image = delay_embedding.to_image(meta_series)
         meta_loss = F.mse_loss(meta_series, days)
     else:
         meta_image = None
         meta_loss = torch.zeros((), device=x0.device)
-    noisy = scheduler.add_noise(x0, noise, timesteps, meta_pattern=meta_image)
+    if donor_prior is None:
+        noisy = scheduler.add_noise(x0, noise, timesteps, meta_pattern=meta_image)
     predicted = unet(noisy, timesteps, phi, meta_pattern=meta_image).sample
     target = x0 if scheduler.config.prediction_type == "sample" else noise
     window, columns = delay_embedding.window, delay_embedding.num_columns
@@ -85,6 +104,11 @@ class KGDiffModelConfig:
     Ablations (paper Table 3): ``use_geometry_moe``, ``use_euclidean``, ``use_hyperbolic``,
     ``use_spherical`` (condition encoder), ``use_meta_pattern`` (``f = 0``), ``use_guidance``
     (unconditional: ``phi = 0``).
+
+    ``use_donor_prior`` (the default; not in the paper) replaces the meta-pattern MLP by
+    :class:`~kgdiff_diffusers.models.donor_prior.KGDiffDonorPrior`: ``f`` and a per-node scale come from
+    the data of geographically and KG-nearest training nodes (leave-one-out weights), and the denoiser
+    models the scaled residual. ``use_donor_prior=False`` is the paper's configuration.
     """
 
     condition_dim: int = 128
@@ -106,6 +130,9 @@ class KGDiffModelConfig:
     use_spherical: bool = True
     use_meta_pattern: bool = True
     use_guidance: bool = True
+    use_donor_prior: bool = True
+    num_donors: int = 8
+    donor_weighting: str = "uniform"
 
 
 def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPipeline:
@@ -165,7 +192,14 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
     )
     meta_pattern = (
         KGDiffMetaPattern(config.condition_dim, steps, dataset.num_features, config.meta_pattern_hidden_dim)
-        if config.use_meta_pattern
+        if config.use_meta_pattern and not config.use_donor_prior
+        else None
+    )
+    donor_prior = (
+        build_donor_prior(
+            dataset, (edge_node, edge_relation, edge_neighbor), config.num_donors, config.donor_weighting
+        )
+        if config.use_donor_prior
         else None
     )
     scheduler = KGDiffScheduler(
@@ -178,6 +212,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         condition_encoder=encoder,
         scheduler=scheduler,
         meta_pattern=meta_pattern,
+        donor_prior=donor_prior,
         node_ids=dataset.node_ids,
         feature_names=list(dataset.feature_names),
         feature_mean=[float(m) for m in dataset.feature_mean],
@@ -188,6 +223,56 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         interval_minutes=int(dataset.interval_minutes),
         entity_names=list(kg.entities),
         relation_names=kg.relation_names_with_inverse(),
+        output_min=output_bounds(dataset),
+    )
+
+
+def output_bounds(dataset) -> list[float | None]:
+    """``(D,)`` lower bound of each feature: 0 where no valid training value is negative, else ``None``."""
+    train_rows = np.asarray(dataset.train_rows)
+    bounds = []
+    for d in range(dataset.num_features):
+        values = dataset.days[train_rows][..., d][dataset.day_mask[train_rows]]
+        bounds.append(0.0 if values.size and values.min() >= 0 else None)
+    return bounds
+
+
+def node_day_statistics(dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each node's mean valid day and day-to-day spread, in data units.
+
+    Returns:
+        ``profiles`` ``(N, D, T)`` (0 for nodes without data), ``spreads`` ``(N, D)`` (the RMS deviation of the
+        node's days from its mean day over days and steps), ``has_data`` ``(N,)`` bool.
+    """
+    mask = dataset.day_mask[..., None, None]
+    counts = dataset.day_mask.sum(axis=1)
+    has_data = counts > 0
+    safe = np.maximum(counts, 1)[:, None, None]
+    profiles = (dataset.days * mask).sum(axis=1) / safe  # (N, T, D)
+    deviation = (dataset.days - profiles[:, None]) * mask
+    spreads = np.sqrt((deviation**2).sum(axis=(1, 2)) / (safe[:, 0] * dataset.steps_per_day))
+    return profiles.transpose(0, 2, 1).astype(np.float32), spreads.astype(np.float32), has_data
+
+
+def build_donor_prior(
+    dataset, kg_index: tuple[np.ndarray, np.ndarray, np.ndarray], num_donors: int = 8, weighting: str = "uniform"
+) -> KGDiffDonorPrior:
+    """A :class:`KGDiffDonorPrior` whose donors are the dataset's training nodes with data."""
+    profiles, spreads, has_data = node_day_statistics(dataset)
+    train_rows = np.asarray(dataset.train_rows, dtype=np.int64)
+    bank_rows = train_rows[has_data[train_rows]]
+    return KGDiffDonorPrior.from_training_data(
+        profiles,
+        spreads,
+        bank_rows,
+        dataset.node_table[["lat", "lon"]].to_numpy(dtype=np.float64),
+        *kg_index,
+        num_entities=dataset.kg.num_entities,
+        num_relations=2 * dataset.kg.num_relations,
+        feature_mean=dataset.feature_mean,
+        feature_std=dataset.feature_std,
+        num_donors=num_donors,
+        weighting=weighting,
     )
 
 

@@ -15,6 +15,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..delay_embedding import DelayEmbedding
 from ..models.condition_encoder import KGConditionEncoder
+from ..models.donor_prior import KGDiffDonorPrior
 from ..models.meta_pattern import KGDiffMetaPattern
 from ..models.unet_kgdiff import KGDiffUNet2DModel
 from ..schedulers.scheduling_kgdiff import KGDiffScheduler
@@ -57,6 +58,9 @@ class KGDiffPipeline(DiffusionPipeline):
         condition_encoder: Geometry-MoE encoder holding the KG index of ``node_ids``.
         scheduler: the sampler.
         meta_pattern: ``f(phi)``; ``None`` for the "w/o meta pattern" ablation (``f = 0``).
+        donor_prior: the default model's ``f`` and per-node scale ``s`` from KG- and geographically nearest
+            training nodes; the denoiser then samples the scaled residual ``Y`` and a day is ``f + s Y``.
+            ``None`` (the paper's configuration, and pipelines saved before it existed): ``f = meta_pattern``.
         node_ids: ``(num_nodes,)`` data node ids; row ``i`` of the encoder's index is ``node_ids[i]``.
         feature_names: ``(D,)`` e.g. ``["speed"]`` or ``["inflow", "outflow"]``.
         feature_mean, feature_std: ``(D,)`` normalisation statistics (data units).
@@ -64,10 +68,13 @@ class KGDiffPipeline(DiffusionPipeline):
         interval_minutes: minutes between steps (for timestamps in reports).
         entity_names, relation_names: KG names of the encoder's entity / relation ids, so new nodes can
             be given by names.
+        output_min: ``(D,)`` lower bound of each feature in data units (``None`` entries: unbounded). Built
+            from the training data: ``0`` where no training value is negative (counts, speeds), so generated
+            days are clipped there; ``None`` for data with negative values.
     """
 
-    model_cpu_offload_seq = "condition_encoder->meta_pattern->unet"
-    _optional_components = ["meta_pattern"]
+    model_cpu_offload_seq = "condition_encoder->meta_pattern->donor_prior->unet"
+    _optional_components = ["meta_pattern", "donor_prior"]
 
     def __init__(
         self,
@@ -75,6 +82,7 @@ class KGDiffPipeline(DiffusionPipeline):
         condition_encoder: KGConditionEncoder,
         scheduler: KGDiffScheduler,
         meta_pattern: KGDiffMetaPattern | None = None,
+        donor_prior: KGDiffDonorPrior | None = None,
         node_ids: list[str] | None = None,
         feature_names: list[str] | None = None,
         feature_mean: list[float] | None = None,
@@ -85,6 +93,7 @@ class KGDiffPipeline(DiffusionPipeline):
         interval_minutes: int = 30,
         entity_names: list[str] | None = None,
         relation_names: list[str] | None = None,
+        output_min: list[float | None] | None = None,
     ):
         super().__init__()
         num_nodes = condition_encoder.config.num_nodes
@@ -112,8 +121,25 @@ class KGDiffPipeline(DiffusionPipeline):
             num_features,
         ):
             raise ValueError("meta_pattern's seq_len / num_features do not match the pipeline's")
+        if donor_prior is not None:
+            if meta_pattern is not None:
+                raise ValueError("give a meta_pattern or a donor_prior, not both")
+            prior = donor_prior.config
+            if (prior.num_nodes, prior.seq_len, prior.num_features) != (num_nodes, seq_len, num_features):
+                raise ValueError(
+                    f"donor_prior indexes {prior.num_nodes} nodes of {prior.seq_len} x {prior.num_features}; the "
+                    f"pipeline has {num_nodes} nodes of {seq_len} x {num_features}"
+                )
+            if not np.allclose(prior.feature_mean, feature_mean) or not np.allclose(prior.feature_std, feature_std):
+                raise ValueError("donor_prior's feature_mean / feature_std differ from the pipeline's")
+        if output_min is not None and len(output_min) != num_features:
+            raise ValueError(f"output_min must have {num_features} entries, got {len(output_min)}")
         self.register_modules(
-            unet=unet, condition_encoder=condition_encoder, scheduler=scheduler, meta_pattern=meta_pattern
+            unet=unet,
+            condition_encoder=condition_encoder,
+            scheduler=scheduler,
+            meta_pattern=meta_pattern,
+            donor_prior=donor_prior,
         )
         self.register_to_config(
             node_ids=node_ids,
@@ -126,6 +152,7 @@ class KGDiffPipeline(DiffusionPipeline):
             interval_minutes=interval_minutes,
             entity_names=entity_names,
             relation_names=relation_names,
+            output_min=None if output_min is None else [None if m is None else float(m) for m in output_min],
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
@@ -183,11 +210,53 @@ class KGDiffPipeline(DiffusionPipeline):
             parts.append(self.condition_encoder.encode_neighbors(*edges, num_nodes=len(new_nodes)))
         return torch.cat(parts)
 
+    @torch.no_grad()
+    def prior(
+        self,
+        node_ids: Sequence[str | int] = (),
+        new_nodes: NewNodes | None = None,
+        new_node_locations: Mapping[str, tuple[float, float]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The donor prior's ``(nodes, D, T)`` mean day ``f`` and ``(nodes, D)`` scale ``s``, normalised units.
+
+        Known nodes use their stored candidates; ``new_nodes`` get candidates from their KG neighbours and,
+        where given, their ``(lat, lon)`` in ``new_node_locations`` (without one, KG-similar donors only).
+        """
+        prior = self.donor_prior
+        parts = []
+        if len(node_ids):
+            rows = torch.tensor(self.node_rows(node_ids), dtype=torch.long, device=self.device)
+            parts += [prior(chunk) for chunk in rows.split(1024)]
+        if new_nodes:
+            locations = dict(new_node_locations or {})
+            unknown = sorted(set(locations) - set(new_nodes))
+            if unknown:
+                raise ValueError(f"new_node_locations names {unknown[:5]}, which are not in new_nodes")
+            coords = torch.tensor(
+                [locations.get(node_id, (float("nan"), float("nan"))) for node_id in new_nodes],
+                dtype=torch.float32,
+                device=self.device,
+            )
+            edge_node, edge_relation, edge_neighbor = (e.to(self.device) for e in self.new_node_edges(new_nodes))
+            index, features = prior.candidates_for(coords, edge_node, edge_neighbor, len(new_nodes))
+            log_degree = prior.log_degree_of(edge_node, edge_relation, len(new_nodes))
+            parts.append(prior(candidates=(index, features, log_degree)))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
     def _to_data_units(self, normalised: torch.Tensor) -> torch.Tensor:
         """``(..., D, T)`` normalised -> ``(..., T, D)`` data units."""
         mean = torch.tensor(self.config.feature_mean, device=normalised.device).unsqueeze(-1)
         std = torch.tensor(self.config.feature_std, device=normalised.device).unsqueeze(-1)
         return (normalised * std + mean).transpose(-1, -2)
+
+    def _clip_to_range(self, series: torch.Tensor) -> torch.Tensor:
+        """``(..., D)`` data units, each feature clipped below at ``output_min`` where one is set."""
+        if self.config.output_min is None:
+            return series
+        lower = torch.tensor(
+            [-float("inf") if m is None else m for m in self.config.output_min], device=series.device
+        )
+        return torch.maximum(series, lower.to(series.dtype))
 
     def _predict_noise(
         self,
@@ -218,6 +287,7 @@ class KGDiffPipeline(DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         batch_size: int = 256,
+        new_node_locations: Mapping[str, tuple[float, float]] | None = None,
     ) -> KGDiffPipelineOutput | tuple:
         r"""Generates ``num_samples`` days for each node.
 
@@ -231,6 +301,8 @@ class KGDiffPipeline(DiffusionPipeline):
             output_type: ``"np"``, ``"pt"`` or ``"pd"``.
             return_dict: return a :class:`KGDiffPipelineOutput` instead of a tuple.
             batch_size: images per denoiser call; all nodes and samples share each scheduler step.
+            new_node_locations: ``{new_node_id: (lat, lon)}``, used by the donor prior to find the
+                geographically nearest training nodes (optional).
 
         Returns:
             :class:`KGDiffPipelineOutput` with ``series`` ``(nodes, num_samples, T, D)`` in data units.
@@ -256,11 +328,17 @@ class KGDiffPipeline(DiffusionPipeline):
         phi = self.condition(node_ids, new_nodes)
         emb = self.delay_embedding
         num_features = self.unet.config.num_features
-        if self.meta_pattern is not None:
+        residual_scale = None
+        if self.donor_prior is not None:
+            meta_series, residual_scale = self.prior(node_ids, new_nodes, new_node_locations)
+            residual_scale = residual_scale.repeat_interleave(num_samples, dim=0)[..., None, None]
+        elif self.meta_pattern is not None:
             meta_series = self.meta_pattern(phi)
         else:
             meta_series = torch.zeros(len(all_ids), num_features, emb.seq_len, device=self.device)
         meta_image = emb.to_image(meta_series).repeat_interleave(num_samples, dim=0)
+        # The residual model samples Y = (X - f) / s as plain DDPM: the scheduler drifts towards 0, not f.
+        drift = meta_image if residual_scale is None else torch.zeros_like(meta_image)
         condition = phi.repeat_interleave(num_samples, dim=0)
         shape = (batch, num_features, emb.image_size, emb.image_size)
 
@@ -269,25 +347,27 @@ class KGDiffPipeline(DiffusionPipeline):
         takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         step_kwargs = {"generator": generator} if takes_generator else {}
         if shifted:
-            sample = self.scheduler.initial_sample(shape, meta_image, generator=generator, device=self.device)
+            sample = self.scheduler.initial_sample(shape, drift, generator=generator, device=self.device)
         else:  # plain diffusers sampler on the residual Y = X - f (plain DDPM in Y)
             sample = randn_tensor(shape, generator=generator, device=self.device) * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps):
             if shifted:
                 noise = self._predict_noise(sample, t, condition, meta_image, batch_size)
-                sample = self.scheduler.step(noise, t, sample, meta_pattern=meta_image, generator=generator).prev_sample
+                sample = self.scheduler.step(noise, t, sample, meta_pattern=drift, generator=generator).prev_sample
             else:
-                model_input = self.scheduler.scale_model_input(sample, t) + meta_image
+                model_input = self.scheduler.scale_model_input(sample, t) + drift
                 prediction = self._predict_noise(model_input, t, condition, meta_image, batch_size)
                 if self.scheduler.config.prediction_type == "sample":  # X_0 -> Y_0 = X_0 - f
-                    prediction = prediction - meta_image
+                    prediction = prediction - drift
                 sample = self.scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
         if not shifted:
-            sample = sample + meta_image
+            sample = sample + drift
+        if residual_scale is not None:
+            sample = meta_image + residual_scale * sample
 
-        series = self._to_data_units(emb.to_series(sample))
+        series = self._clip_to_range(self._to_data_units(emb.to_series(sample)))
         series = series.reshape(len(all_ids), num_samples, emb.seq_len, num_features)
-        meta = self._to_data_units(meta_series)
+        meta = self._clip_to_range(self._to_data_units(meta_series))
         if output_type == "np":
             series, meta = series.cpu().numpy(), meta.cpu().numpy()
         elif output_type == "pd":

@@ -1,0 +1,368 @@
+"""KGDiffDonorPrior: a node's expected day and day-to-day spread from the data of KG-related training nodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+DONOR_WEIGHTINGS = ("uniform", "learned")
+# Donor features: log scaled distance, geo rank, KG similarity, KG rank, has-location flag, |log level-proxy gap|.
+NUM_DONOR_FEATURES = 6
+_EPS = 1e-6
+# Floor of the residual scale in normalised units: a node whose donors never vary still gets some spread.
+_MIN_SCALE = 1e-3
+
+
+def _kg_similarity(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of unit-norm neighbour-set vectors: ``(Q, E)`` dense x ``(B, E)`` sparse -> ``(Q, B)``."""
+    return torch.sparse.mm(bank, query.t()).t()
+
+
+class KGDiffDonorPrior(ModelMixin, ConfigMixin):
+    r"""Estimates each node's mean day ``f`` and residual scale ``s`` from training nodes ("donors") near it.
+
+    A node's candidates are its ``num_donors`` geographically nearest training nodes and its ``num_donors``
+    training nodes with the most similar KG neighbourhood (cosine of IDF-weighted neighbour-entity sets:
+    shared POIs, roads, junctions, areas; an entity every donor shares, such as the borough, weighs little).
+    A donor found by both searches counts twice. With weights ``w_j`` over the ``2K`` candidates::
+
+        level  = exp( sum_j w_j log L_j )          per feature (a geometric mean of the donors' levels)
+        shape  = sum_j w_j P_j / L_j
+        f      = level * shape                      data units ("additive" mode: f = sum_j w_j P_j)
+        s      = level * sum_j w_j sigma_j / L_j    per feature: the donors' relative day-to-day spread
+
+    with ``P_j`` the donor's mean day, ``L_j`` its mean level and ``sigma_j`` the RMS deviation of its days
+    from ``P_j``. Splitting level from shape lets a quiet zone borrow the shape of a busy one without its
+    volume. ``"multiplicative"`` mode needs non-negative data (counts, speeds); data with negative values
+    use ``"additive"`` mode.
+
+    ``weighting="uniform"`` (the default) gives every candidate ``w_j = 1 / 2K``. ``"learned"`` scores each
+    candidate from ``NUM_DONOR_FEATURES`` numbers (scaled log distance, geographic rank, KG similarity,
+    KG rank, has-location flag, source) with a small MLP, adds a pseudo-donor "mean of all training nodes"
+    and a learnt elasticity ``a`` of the level to the gap in log KG degree per relation
+    (``log level += a^T (g_q - sum_j w_j g_j)``), trained leave-one-out on the training nodes. On the
+    training-side latitude folds of NYC-Bike and PeMS-Bay-16 the learned weights were worse than uniform
+    ones (they fit interpolation between training nodes, not extrapolation to a new area): see
+    bench/README.md.
+
+    A node is never its own donor, so no node's prior depends on its own data. The donors' summaries
+    (``P``, ``L``, ``sigma``, locations, neighbour sets) are buffers, saved with the weights; priors of new
+    places are computed from their location (optional) and KG neighbours by :meth:`candidates_for`.
+
+    Args:
+        num_nodes: nodes with precomputed candidates (the pipeline's ``node_ids``, in order).
+        num_bank: training nodes that can be donors.
+        num_entities: KG entities (width of the neighbour-set vectors).
+        num_relations: relation ids of the KG index (forward and inverse).
+        seq_len: ``T``.
+        num_features: ``D``.
+        num_donors: candidates per source (geography, KG).
+        hidden_dim: width of the scoring MLP (``weighting="learned"``).
+        level_mode: ``"multiplicative"`` or ``"additive"``.
+        distance_scale_km: distances are divided by this (the median nearest-donor distance) before the log.
+        num_bank_edges: stored (donor, entity) pairs of the donors' neighbour sets.
+        feature_mean, feature_std: ``(D,)`` the pipeline's normalisation; outputs are in normalised units.
+        weighting: ``"uniform"`` or ``"learned"`` donor weights.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_nodes: int,
+        num_bank: int,
+        num_entities: int,
+        num_relations: int,
+        seq_len: int = 48,
+        num_features: int = 1,
+        num_donors: int = 8,
+        hidden_dim: int = 32,
+        level_mode: str = "multiplicative",
+        distance_scale_km: float = 1.0,
+        num_bank_edges: int = 0,
+        feature_mean: list[float] | None = None,
+        feature_std: list[float] | None = None,
+        weighting: str = "uniform",
+    ):
+        super().__init__()
+        if level_mode not in ("multiplicative", "additive"):
+            raise ValueError(f"level_mode must be 'multiplicative' or 'additive', got {level_mode!r}")
+        if weighting not in DONOR_WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {DONOR_WEIGHTINGS}, got {weighting!r}")
+        num_candidates = 2 * num_donors
+        mean, std = feature_mean or [0.0] * num_features, feature_std or [1.0] * num_features
+        self.register_buffer("feature_mean_", torch.tensor(mean).view(-1, 1), persistent=False)
+        self.register_buffer("feature_std_", torch.tensor(std).view(-1, 1), persistent=False)
+        self.register_buffer("node_bank_row", torch.full((num_nodes,), -1, dtype=torch.long))
+        self.register_buffer("bank_profile", torch.zeros(num_bank, num_features, seq_len))
+        self.register_buffer("bank_level", torch.ones(num_bank, num_features))
+        self.register_buffer("bank_spread", torch.zeros(num_bank, num_features))
+        self.register_buffer("bank_location", torch.zeros(num_bank, 2))
+        self.register_buffer("bank_log_degree", torch.zeros(num_bank, num_relations))
+        self.register_buffer("bank_edge_row", torch.zeros(num_bank_edges, dtype=torch.long))
+        self.register_buffer("bank_edge_entity", torch.zeros(num_bank_edges, dtype=torch.long))
+        self.register_buffer("bank_edge_weight", torch.zeros(num_bank_edges))
+        self.register_buffer("entity_idf", torch.ones(num_entities))
+        self.register_buffer("candidate_index", torch.zeros(num_nodes, num_candidates, dtype=torch.long))
+        self.register_buffer("candidate_features", torch.zeros(num_nodes, num_candidates, NUM_DONOR_FEATURES))
+        self.register_buffer("node_log_degree", torch.zeros(num_nodes, num_relations))
+        if weighting == "learned":
+            self.scorer = nn.Sequential(
+                nn.Linear(NUM_DONOR_FEATURES, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 2 * num_features)
+            )
+            self.global_logit = nn.Parameter(torch.full((2 * num_features,), -2.0))
+            self.level_elasticity = nn.Parameter(torch.zeros(num_features, num_relations))
+
+    # ----------------------------------------------------------------------------------------------------
+    # Building from data
+    @classmethod
+    def from_training_data(
+        cls,
+        profiles: np.ndarray,
+        spreads: np.ndarray,
+        bank_rows: np.ndarray,
+        locations: np.ndarray,
+        edge_node: np.ndarray,
+        edge_relation: np.ndarray,
+        edge_neighbor: np.ndarray,
+        num_entities: int,
+        num_relations: int,
+        feature_mean: np.ndarray,
+        feature_std: np.ndarray,
+        num_donors: int = 8,
+        hidden_dim: int = 32,
+        weighting: str = "uniform",
+    ) -> KGDiffDonorPrior:
+        """Builds the prior for ``N`` nodes whose rows ``bank_rows`` are the training nodes with data.
+
+        Args:
+            profiles: ``(N, D, T)`` each node's mean valid day, data units (only ``bank_rows`` are read).
+            spreads: ``(N, D)`` std of each node's days around its mean day (only ``bank_rows`` are read).
+            bank_rows: ``(B,)`` rows of the donor nodes (training nodes with data).
+            locations: ``(N, 2)`` latitude, longitude in degrees.
+            edge_node, edge_relation, edge_neighbor: ``(E,)`` the KG index of the ``N`` nodes.
+            feature_mean, feature_std: ``(D,)`` normalisation of the pipeline.
+        """
+        bank_rows = np.asarray(bank_rows, dtype=np.int64)
+        if len(bank_rows) < 2:
+            raise ValueError(f"the donor prior needs at least 2 training nodes with data, got {len(bank_rows)}")
+        num_nodes, num_features, seq_len = profiles.shape
+        bank_profile = profiles[bank_rows]
+        if not np.isfinite(bank_profile).all() or not np.isfinite(spreads[bank_rows]).all():
+            raise ValueError("training profiles for the donor prior contain NaN or inf")
+        level_mode = "multiplicative" if bank_profile.min() >= 0 else "additive"
+        bank_level = bank_profile.mean(axis=2) if level_mode == "multiplicative" else np.ones((len(bank_rows), num_features))
+        edge_node, edge_relation, edge_neighbor = (np.asarray(a, dtype=np.int64) for a in (edge_node, edge_relation, edge_neighbor))
+        is_bank = np.full(num_nodes, -1, dtype=np.int64)
+        is_bank[bank_rows] = np.arange(len(bank_rows))
+        # IDF over the donors' neighbour sets: an entity shared by every donor (the borough) says nothing.
+        bank_edges = is_bank[edge_node] >= 0
+        pairs = np.unique(np.stack([is_bank[edge_node[bank_edges]], edge_neighbor[bank_edges]]), axis=1)
+        document_frequency = np.bincount(pairs[1], minlength=num_entities)
+        idf = np.log((1 + len(bank_rows)) / (1 + document_frequency)) + 1.0
+        weights = idf[pairs[1]]
+        norms = np.sqrt(np.bincount(pairs[0], weights=weights**2, minlength=len(bank_rows)))
+        model = cls(
+            num_nodes=num_nodes,
+            num_bank=len(bank_rows),
+            num_entities=num_entities,
+            num_relations=num_relations,
+            seq_len=seq_len,
+            num_features=num_features,
+            num_donors=min(num_donors, len(bank_rows) - 1),
+            hidden_dim=hidden_dim,
+            level_mode=level_mode,
+            num_bank_edges=pairs.shape[1],
+            feature_mean=[float(m) for m in feature_mean],
+            feature_std=[float(v) for v in feature_std],
+            weighting=weighting,
+        )
+        log_degree = _log_degree(edge_node, edge_relation, num_nodes, num_relations)
+        with torch.no_grad():
+            model.bank_profile.copy_(torch.from_numpy(bank_profile))
+            model.bank_level.copy_(torch.from_numpy(np.maximum(bank_level, _EPS)))
+            model.bank_spread.copy_(torch.from_numpy(spreads[bank_rows]))
+            model.bank_location.copy_(torch.tensor(np.asarray(locations, dtype=np.float64)[bank_rows]))
+            model.bank_log_degree.copy_(torch.from_numpy(log_degree[bank_rows]))
+            model.bank_edge_row.copy_(torch.from_numpy(pairs[0]))
+            model.bank_edge_entity.copy_(torch.from_numpy(pairs[1]))
+            model.bank_edge_weight.copy_(torch.from_numpy(weights / np.maximum(norms[pairs[0]], _EPS)))
+            model.entity_idf.copy_(torch.from_numpy(idf))
+            model.node_log_degree.copy_(torch.from_numpy(log_degree))
+            model.node_bank_row.copy_(torch.from_numpy(is_bank))
+            locations_t = torch.tensor(np.asarray(locations, dtype=np.float64), dtype=torch.float32)
+            nearest = _pairwise_km(model.bank_location, model.bank_location)
+            nearest.fill_diagonal_(float("inf"))
+            model.register_to_config(distance_scale_km=float(nearest.min(dim=1).values.median().clamp_min(1e-3)))
+            index, features = model.candidates_for(
+                locations_t,
+                torch.from_numpy(edge_node),
+                torch.from_numpy(edge_neighbor),
+                num_nodes,
+                exclude_bank=torch.from_numpy(is_bank),
+            )
+            model.candidate_index.copy_(index)
+            model.candidate_features.copy_(features)
+        return model
+
+    # ----------------------------------------------------------------------------------------------------
+    # Candidates
+    def _bank_matrix(self) -> torch.Tensor:
+        size = (self.config.num_bank, self.config.num_entities)
+        indices = torch.stack([self.bank_edge_row, self.bank_edge_entity])
+        return torch.sparse_coo_tensor(indices, self.bank_edge_weight, size, check_invariants=True).coalesce()
+
+    def candidates_for(
+        self,
+        locations: torch.Tensor | None,
+        edge_node: torch.Tensor,
+        edge_neighbor: torch.Tensor,
+        num_queries: int,
+        exclude_bank: torch.Tensor | None = None,
+        chunk_size: int = 128,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate donors and their features for arbitrary query places.
+
+        Args:
+            locations: ``(Q, 2)`` latitude, longitude (degrees), NaN rows (or ``None``) for unknown places:
+                those get KG candidates only (the geographic ones repeat them, flagged by a feature).
+            edge_node, edge_neighbor: ``(E,)`` the queries' KG neighbours (row in ``[0, Q)``, entity id).
+            exclude_bank: ``(Q,)`` bank row each query must not use (itself), ``-1`` for none.
+
+        Returns:
+            ``(Q, 2K)`` bank rows and ``(Q, 2K, NUM_DONOR_FEATURES)`` features.
+        """
+        k = self.config.num_donors
+        device = self.bank_location.device
+        if locations is None:
+            locations = torch.full((num_queries, 2), float("nan"), device=device)
+        pairs = torch.unique(torch.stack([edge_node, edge_neighbor]).to(device), dim=1)
+        weights = self.entity_idf[pairs[1]]
+        norms = torch.zeros(num_queries, device=device).index_add_(0, pairs[0], weights**2).sqrt()
+        values = weights / norms[pairs[0]].clamp_min(_EPS)
+        bank = self._bank_matrix()
+        all_index, all_features = [], []
+        for start in range(0, num_queries, chunk_size):
+            stop = min(start + chunk_size, num_queries)
+            keep = (pairs[0] >= start) & (pairs[0] < stop)
+            query = torch.zeros(stop - start, bank.shape[1], device=device)
+            query[pairs[0][keep] - start, pairs[1][keep]] = values[keep]
+            similarity = _kg_similarity(query, bank)  # (q, B)
+            distance = _pairwise_km(locations[start:stop].to(device).float(), self.bank_location)
+            has_location = torch.isfinite(distance).all(dim=1, keepdim=True)
+            distance = torch.where(has_location, distance, torch.zeros_like(distance))
+            if exclude_bank is not None:
+                own = exclude_bank[start:stop].to(device)
+                rows = torch.nonzero(own >= 0).squeeze(1)
+                similarity[rows, own[rows]] = -float("inf")
+                distance[rows, own[rows]] = float("inf")
+            kg_index = similarity.topk(k, dim=1).indices
+            geo_index = torch.where(has_location, (-distance).topk(k, dim=1).indices, kg_index)
+            index = torch.cat([geo_index, kg_index], dim=1)
+            all_index.append(index)
+            all_features.append(self._features(index, similarity, distance, has_location))
+        return torch.cat(all_index), torch.cat(all_features)
+
+    def _features(
+        self, index: torch.Tensor, similarity: torch.Tensor, distance: torch.Tensor, has_location: torch.Tensor
+    ) -> torch.Tensor:
+        k = self.config.num_donors
+        scaled = torch.log1p(distance.gather(1, index) / self.config.distance_scale_km)
+        scaled = torch.where(has_location, scaled, torch.zeros_like(scaled))
+        rank = (torch.arange(2 * k, device=index.device) % k).float().expand_as(index) / max(k - 1, 1)
+        is_geo = (torch.arange(2 * k, device=index.device) < k).float().expand_as(index)
+        geo_rank = torch.where(is_geo.bool(), rank, torch.ones_like(rank))
+        kg_rank = torch.where(is_geo.bool(), torch.ones_like(rank), rank)
+        kg_similarity = similarity.gather(1, index).clamp_min(0)
+        return torch.stack(
+            [scaled, geo_rank, kg_similarity, kg_rank, has_location.float().expand_as(scaled), is_geo], dim=-1
+        )
+
+    # ----------------------------------------------------------------------------------------------------
+    # Prior
+    def forward(
+        self,
+        node_rows: torch.Tensor | None = None,
+        candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prior of indexed nodes (``node_rows``) or of new places (``candidates``).
+
+        Args:
+            node_rows: ``(B,)`` rows of precomputed candidates.
+            candidates: ``(index (B, 2K), features (B, 2K, F), log_degree (B, R))`` for new places.
+
+        Returns:
+            ``mean_day`` ``(B, D, T)`` and ``scale`` ``(B, D)`` in normalised units (the pipeline's
+            ``(x - feature_mean) / feature_std``; a scale is divided by ``feature_std``).
+        """
+        if candidates is None:
+            index, features = self.candidate_index[node_rows], self.candidate_features[node_rows]
+            log_degree = self.node_log_degree[node_rows]
+        else:
+            index, features, log_degree = candidates
+        num_features = self.config.num_features
+        batch, num_candidates = index.shape
+        level, profile, spread = self.bank_level[index], self.bank_profile[index], self.bank_spread[index]
+        donor_log_degree = self.bank_log_degree[index]  # (B, 2K, R)
+        if self.config.weighting == "uniform":
+            shape_weight = level_weight = torch.full(
+                (batch, num_candidates, num_features), 1.0 / num_candidates, device=index.device
+            )
+        else:
+            logits = torch.cat(
+                [self.scorer(features), self.global_logit.expand(batch, 1, 2 * num_features)], dim=1
+            )  # (B, 2K+1, 2D): the last candidate is the mean of all donors
+            weights = torch.softmax(logits, dim=1)
+            shape_weight, level_weight = weights[..., :num_features], weights[..., num_features:]
+            level = torch.cat([level, self.bank_level.mean(0).expand(batch, 1, -1)], dim=1)
+            profile = torch.cat([profile, self.bank_profile.mean(0).expand(batch, 1, -1, -1)], dim=1)
+            spread = torch.cat([spread, self.bank_spread.mean(0).expand(batch, 1, -1)], dim=1)
+            donor_log_degree = torch.cat([donor_log_degree, self.bank_log_degree.mean(0).expand(batch, 1, -1)], dim=1)
+
+        if self.config.level_mode == "additive":
+            return self._normalised((shape_weight.unsqueeze(-1) * profile).sum(1), (shape_weight * spread).sum(1))
+        log_level = (level_weight * level.log()).sum(1)  # (B, D)
+        if self.config.weighting == "learned":
+            degree_gap = log_degree.unsqueeze(1) - (level_weight.unsqueeze(-1) * donor_log_degree.unsqueeze(2)).sum(1)
+            log_level = log_level + (self.level_elasticity * degree_gap).sum(-1)
+        shape = (shape_weight.unsqueeze(-1) * profile / level.unsqueeze(-1)).sum(1)
+        relative_spread = (shape_weight * spread / level).sum(1)
+        level_value = log_level.exp()
+        return self._normalised(level_value.unsqueeze(-1) * shape, level_value * relative_spread)
+
+    def own_statistics(self, node_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, D, T)`` mean day and ``(B, D)`` spread of training nodes' OWN data, normalised.
+
+        The training target of the residual diffusion (never used to sample: :meth:`forward` is).
+        """
+        bank_rows = self.node_bank_row[node_rows]
+        if (bank_rows < 0).any():
+            raise ValueError("own_statistics: some nodes are not training nodes with data")
+        return self._normalised(self.bank_profile[bank_rows], self.bank_spread[bank_rows])
+
+    def _normalised(self, mean_day: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean_day = (mean_day - self.feature_mean_) / self.feature_std_
+        return mean_day, (scale / self.feature_std_.squeeze(-1)).clamp_min(_MIN_SCALE)
+
+    def log_degree_of(self, edge_node: torch.Tensor, edge_relation: torch.Tensor, num_queries: int) -> torch.Tensor:
+        """``(Q, R)`` log(1 + count) of each query's KG edges per relation."""
+        counts = torch.zeros(num_queries, self.config.num_relations, device=edge_node.device)
+        counts.index_put_((edge_node, edge_relation), torch.ones_like(edge_node, dtype=torch.float), accumulate=True)
+        return counts.log1p()
+
+
+def _log_degree(edge_node: np.ndarray, edge_relation: np.ndarray, num_nodes: int, num_relations: int) -> np.ndarray:
+    counts = np.zeros((num_nodes, num_relations), dtype=np.float64)
+    np.add.at(counts, (edge_node, edge_relation), 1.0)
+    return np.log1p(counts).astype(np.float32)
+
+
+def _pairwise_km(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(Q, 2)`` x ``(B, 2)`` latitude/longitude in degrees -> ``(Q, B)`` haversine distance in km."""
+    lat_a, lon_a = torch.deg2rad(a[:, :1]), torch.deg2rad(a[:, 1:])
+    lat_b, lon_b = torch.deg2rad(b[:, 0]), torch.deg2rad(b[:, 1])
+    h = torch.sin((lat_b - lat_a) / 2) ** 2 + torch.cos(lat_a) * torch.cos(lat_b) * torch.sin((lon_b - lon_a) / 2) ** 2
+    return 2 * 6371.0 * torch.asin(h.clamp(0, 1).sqrt())
+

@@ -1,0 +1,141 @@
+"""KGDiffDonorPrior: hand-computed priors, no self-leakage, new places, the residual pipeline, bounds, save/load."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from kgdiff_diffusers import KGDiffPipeline
+from kgdiff_diffusers.data.prepared import prepare_dataset
+from kgdiff_diffusers.data.synthetic import make_synthetic_city
+from kgdiff_diffusers.kg.tucker import pretrain_tucker
+from kgdiff_diffusers.models.donor_prior import KGDiffDonorPrior
+from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline, kgdiff_loss, node_day_statistics
+
+SMALL = dict(condition_dim=16, block_out_channels=(16, 32), norm_num_groups=8, num_train_timesteps=20)
+
+
+@pytest.fixture(scope="module")
+def city():
+    data, kg = make_synthetic_city(num_nodes=20, num_days=10, seed=1)
+    tucker = pretrain_tucker(kg, embedding_dim=16, epochs=1, show_progress=False)
+    return prepare_dataset(
+        data, kg, "prior_city", entity_embeddings=tucker.entity_embeddings,
+        relation_embeddings=tucker.relation_embeddings,
+    )
+
+
+def _prior_of(pipe: KGDiffPipeline, dataset, rows) -> np.ndarray:
+    mean_day, _ = pipe.prior([dataset.node_ids[r] for r in rows])
+    return mean_day.numpy()
+
+
+def test_uniform_prior_is_the_geometric_level_times_the_mean_shape():
+    # 4 donors on a line, 1 query; every node shares one KG entity, so KG ranks follow the bank order.
+    profiles = np.stack([np.full((1, 4), v, dtype=np.float32) * np.array([1, 2, 3, 2], np.float32) for v in
+                         (1.0, 2.0, 4.0, 8.0, 0.0)])  # (5, 1, 4); node 4 is the query (no data)
+    spreads = np.array([[0.5], [1.0], [2.0], [4.0], [0.0]], dtype=np.float32)
+    locations = np.array([[0.0, 0.00], [0.0, 0.01], [0.0, 0.02], [0.0, 0.03], [0.0, 0.015]])
+    edge_node = np.arange(5)
+    prior = KGDiffDonorPrior.from_training_data(
+        profiles, spreads, np.arange(4), locations, edge_node, np.zeros(5, np.int64), np.zeros(5, np.int64),
+        num_entities=1, num_relations=1, feature_mean=np.array([0.0]), feature_std=np.array([2.0]), num_donors=2,
+    )
+    mean_day, scale = prior(torch.tensor([4]))
+    # geo candidates: donors 1 and 2 (0.005 deg away); KG candidates: all tie, topk keeps two of them.
+    candidates = prior.candidate_index[4].tolist()
+    assert sorted(candidates[:2]) == [1, 2]
+    levels = profiles[candidates, 0].mean(axis=1)  # level of each candidate
+    expected_level = np.exp(np.log(levels).mean())
+    expected_shape = (profiles[candidates, 0] / levels[:, None]).mean(axis=0)
+    np.testing.assert_allclose(mean_day.numpy()[0, 0] * 2.0, expected_level * expected_shape, rtol=1e-5)
+    expected_scale = expected_level * (spreads[candidates, 0] / levels).mean()
+    np.testing.assert_allclose(scale.numpy()[0, 0] * 2.0, expected_scale, rtol=1e-5)
+
+
+def test_a_nodes_prior_does_not_change_when_its_own_days_change(city):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL))
+    node = int(city.train_rows[0])
+    changed = dataclasses.replace(city, days=city.days.copy())
+    changed.days[node] *= 5.0
+    changed_pipe = build_pipeline(changed, KGDiffModelConfig(**SMALL))
+    rows = list(city.train_rows) + list(city.test_rows)
+    before, after = _prior_of(pipe, city, rows), _prior_of(changed_pipe, changed, rows)
+    np.testing.assert_array_equal(before[0], after[0])  # the changed node itself
+    assert not np.allclose(before[1:], after[1:])  # others use it as a donor
+    assert node not in pipe.donor_prior.candidate_index[node].tolist()
+
+
+def test_a_new_place_like_a_test_node_gets_that_nodes_prior(city):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL))
+    test_row = int(city.test_rows[0])
+    entity = city.node_table["entity"].iloc[test_row]
+    kg = city.kg
+    relations = kg.relation_names_with_inverse()
+    edges = [(relations[r], kg.entities[t]) for r, t in zip(*kg.neighbor_index([entity])[1:])]
+    lat, lon = city.node_table[["lat", "lon"]].iloc[test_row]
+    new_mean, new_scale = pipe.prior(new_nodes={"planned": edges}, new_node_locations={"planned": (lat, lon)})
+    known_mean, known_scale = pipe.prior([city.node_ids[test_row]])
+    np.testing.assert_allclose(new_mean.numpy(), known_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new_scale.numpy(), known_scale.numpy(), rtol=1e-5)
+    # without a location, only KG-similar donors are used: still a finite prior
+    kg_only, _ = pipe.prior(new_nodes={"planned": edges})
+    assert torch.isfinite(kg_only).all()
+    with pytest.raises(ValueError, match="not in new_nodes"):
+        pipe.prior(new_nodes={"planned": edges}, new_node_locations={"other": (lat, lon)})
+
+
+def test_residual_pipeline_is_never_negative_on_counts_and_reloads_bit_identical(city, tmp_path):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.meta_pattern is None and pipe.config.output_min == [0.0]
+    nodes = [city.node_ids[r] for r in city.test_rows]
+    pipe.donor_prior.bank_spread.mul_(20.0)  # residuals so wide that many days would dip below zero
+    out = pipe(node_ids=nodes, num_samples=8, num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+    assert np.isfinite(out.series).all() and out.series.min() >= 0.0
+    pipe.register_to_config(output_min=None)
+    unbounded = pipe(node_ids=nodes, num_samples=8, num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+    assert (unbounded.series < 0).mean() > 0.01
+    np.testing.assert_array_equal(out.series, np.maximum(unbounded.series, 0.0))
+    pipe.register_to_config(output_min=[0.0])
+    prior_mean, _ = pipe.prior(nodes)
+    np.testing.assert_allclose(out.meta_pattern, pipe._clip_to_range(pipe._to_data_units(prior_mean)).numpy())
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "donor_prior" / "diffusion_pytorch_model.safetensors").is_file()
+    reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
+    reloaded.set_progress_bar_config(disable=True)
+    for name, tensor in pipe.donor_prior.state_dict().items():
+        assert torch.equal(tensor, reloaded.donor_prior.state_dict()[name]), name
+    again = reloaded(node_ids=nodes, num_samples=8, num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(out.series, again.series)
+
+
+def test_paper_configuration_pipeline_without_the_component_still_loads(city, tmp_path):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, use_donor_prior=False))
+    assert pipe.donor_prior is None and pipe.meta_pattern is not None
+    pipe.save_pretrained(tmp_path)
+    reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
+    assert reloaded.donor_prior is None and reloaded.meta_pattern is not None
+
+
+def test_residual_loss_targets_the_scaled_deviation_from_the_nodes_own_mean_day(city):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, prediction_type="sample"))
+    rows = torch.as_tensor(city.train_rows[:4])
+    profiles, spreads, _ = node_day_statistics(city)
+    days = torch.from_numpy((city.days[rows.numpy(), 0] - city.feature_mean) / city.feature_std).transpose(1, 2)
+    captured = {}
+
+    def record(sample, timestep, condition, meta_pattern=None):
+        captured["meta"] = meta_pattern
+        return pipe.unet.__class__.forward(pipe.unet, sample, timestep, condition, meta_pattern)
+
+    pipe.unet.forward = record
+    out = kgdiff_loss(pipe.unet, pipe.condition_encoder, None, pipe.scheduler, pipe.delay_embedding, days, rows,
+                      donor_prior=pipe.donor_prior, generator=torch.Generator().manual_seed(0))
+    own = (profiles[rows.numpy()] - city.feature_mean[:, None]) / city.feature_std[:, None]
+    np.testing.assert_allclose(captured["meta"].numpy(), pipe.delay_embedding.to_image(torch.from_numpy(own)).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    prior_mean, _ = pipe.donor_prior(rows)
+    np.testing.assert_allclose(float(out.meta_pattern_loss), float(((prior_mean - days) ** 2).mean()), rtol=1e-5)
+    assert np.all(spreads[rows.numpy()] > 0)
