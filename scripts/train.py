@@ -55,7 +55,13 @@ from kgdiff_diffusers.kg.tucker import (
 )
 from kgdiff_diffusers.models.condition_encoder import GEOMETRY_FORMS, NEIGHBOR_WEIGHTINGS
 from kgdiff_diffusers.models.donor_prior import DONOR_WEIGHTINGS
-from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline, kgdiff_loss, training_samples
+from kgdiff_diffusers.training import (
+    KGDiffModelConfig,
+    build_pipeline,
+    choose_prior_blend,
+    kgdiff_loss,
+    training_samples,
+)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -492,6 +498,9 @@ def main(argv: list[str] | None = None) -> None:
             ema.copy_to(trainable)
         for name, module in zip(component_names, modules):
             setattr(pipe, name, accelerator.unwrap_model(module))
+        blend = choose_prior_blend(pipe, dataset)
+        if blend is not None:
+            logger.info(f"donor-prior blend chosen on the validation nodes: {blend} (1 = donors only, 0 = f(phi))")
         pipe.save_pretrained(args.output_dir)
         logger.info(f"saved the pipeline (EMA weights) to {args.output_dir}")
         if args.final_evaluation:

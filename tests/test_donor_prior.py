@@ -11,7 +11,14 @@ from kgdiff_diffusers.data.prepared import prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
 from kgdiff_diffusers.models.donor_prior import KGDiffDonorPrior
-from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline, kgdiff_loss, node_day_statistics
+from kgdiff_diffusers.data.days import split_validation_nodes
+from kgdiff_diffusers.training import (
+    KGDiffModelConfig,
+    build_pipeline,
+    choose_prior_blend,
+    kgdiff_loss,
+    node_day_statistics,
+)
 
 SMALL = dict(condition_dim=16, block_out_channels=(16, 32), norm_num_groups=8, num_train_timesteps=20)
 
@@ -27,7 +34,7 @@ def city():
 
 
 def _prior_of(pipe: KGDiffPipeline, dataset, rows) -> np.ndarray:
-    mean_day, _ = pipe.prior([dataset.node_ids[r] for r in rows])
+    mean_day = pipe.prior([dataset.node_ids[r] for r in rows])[0]
     return mean_day.numpy()
 
 
@@ -80,7 +87,7 @@ def test_a_new_place_like_a_test_node_gets_that_nodes_prior(city):
     np.testing.assert_allclose(new_mean.numpy(), known_mean.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new_scale.numpy(), known_scale.numpy(), rtol=1e-5)
     # without a location, only KG-similar donors are used: still a finite prior
-    kg_only, _ = pipe.prior(new_nodes={"planned": edges})
+    kg_only = pipe.prior(new_nodes={"planned": edges})[0]
     assert torch.isfinite(kg_only).all()
     with pytest.raises(ValueError, match="not in new_nodes"):
         pipe.prior(new_nodes={"planned": edges}, new_node_locations={"other": (lat, lon)})
@@ -89,7 +96,7 @@ def test_a_new_place_like_a_test_node_gets_that_nodes_prior(city):
 def test_residual_pipeline_is_never_negative_on_counts_and_reloads_bit_identical(city, tmp_path):
     pipe = build_pipeline(city, KGDiffModelConfig(**SMALL))
     pipe.set_progress_bar_config(disable=True)
-    assert pipe.meta_pattern is None and pipe.config.output_min == [0.0]
+    assert pipe.config.output_min == [0.0] and pipe.config.prior_blend is None  # None: donors only
     nodes = [city.node_ids[r] for r in city.test_rows]
     pipe.donor_prior.bank_spread.mul_(20.0)  # residuals so wide that many days would dip below zero
     out = pipe(node_ids=nodes, num_samples=8, num_inference_steps=5, generator=torch.Generator().manual_seed(0))
@@ -99,7 +106,7 @@ def test_residual_pipeline_is_never_negative_on_counts_and_reloads_bit_identical
     assert (unbounded.series < 0).mean() > 0.01
     np.testing.assert_array_equal(out.series, np.maximum(unbounded.series, 0.0))
     pipe.register_to_config(output_min=[0.0])
-    prior_mean, _ = pipe.prior(nodes)
+    prior_mean = pipe.prior(nodes)[0]
     np.testing.assert_allclose(out.meta_pattern, pipe._clip_to_range(pipe._to_data_units(prior_mean)).numpy())
     pipe.save_pretrained(tmp_path)
     assert (tmp_path / "donor_prior" / "diffusion_pytorch_model.safetensors").is_file()
@@ -114,6 +121,7 @@ def test_residual_pipeline_is_never_negative_on_counts_and_reloads_bit_identical
 def test_paper_configuration_pipeline_without_the_component_still_loads(city, tmp_path):
     pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, use_donor_prior=False))
     assert pipe.donor_prior is None and pipe.meta_pattern is not None
+    assert choose_prior_blend(pipe, city) is None
     pipe.save_pretrained(tmp_path)
     reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
     assert reloaded.donor_prior is None and reloaded.meta_pattern is not None
@@ -136,6 +144,34 @@ def test_residual_loss_targets_the_scaled_deviation_from_the_nodes_own_mean_day(
     own = (profiles[rows.numpy()] - city.feature_mean[:, None]) / city.feature_std[:, None]
     np.testing.assert_allclose(captured["meta"].numpy(), pipe.delay_embedding.to_image(torch.from_numpy(own)).numpy(),
                                rtol=1e-5, atol=1e-6)
-    prior_mean, _ = pipe.donor_prior(rows)
-    np.testing.assert_allclose(float(out.meta_pattern_loss), float(((prior_mean - days) ** 2).mean()), rtol=1e-5)
+    assert out.meta_pattern_loss.item() == 0.0  # the uniform prior has nothing to learn, and no f(phi) was given
     assert np.all(spreads[rows.numpy()] > 0)
+    with_mlp = kgdiff_loss(pipe.unet, pipe.condition_encoder, pipe.meta_pattern, pipe.scheduler, pipe.delay_embedding,
+                           days, rows, donor_prior=pipe.donor_prior, generator=torch.Generator().manual_seed(0))
+    expected = ((pipe.meta_pattern(pipe.condition_encoder(rows)) - days) ** 2).mean().detach()
+    np.testing.assert_allclose(with_mlp.meta_pattern_loss.item(), expected.item(), rtol=1e-5)
+
+
+def test_the_blend_is_chosen_on_validation_nodes_and_used_for_f(city):
+    _, validation = split_validation_nodes(city.node_table, city.train_node_ids, 0.25)
+    dataset = city.with_split(city.test_node_ids, validation)
+    pipe = build_pipeline(dataset, KGDiffModelConfig(**SMALL))
+    pipe.set_progress_bar_config(disable=True)
+    donors = set(torch.nonzero(pipe.donor_prior.node_bank_row >= 0).squeeze(1).tolist())
+    assert donors == set(dataset.train_rows.tolist())  # validation and test nodes are never donors
+    blend = choose_prior_blend(pipe, dataset)
+    assert pipe.config.prior_blend == blend and len(blend) == 1 and 0.0 <= blend[0] <= 1.0
+    nodes = [dataset.node_ids[r] for r in dataset.validation_rows]
+    with torch.no_grad():
+        donors, learned = pipe.prior(nodes)[0], pipe.meta_pattern(pipe.condition(nodes))
+    profiles, _, _ = node_day_statistics(dataset)
+    real = profiles[dataset.validation_rows].transpose(0, 2, 1)
+
+    def error(b: float) -> float:
+        return float(np.abs(pipe._clip_to_range(pipe._to_data_units(b * donors + (1 - b) * learned)).numpy() - real).mean())
+
+    assert error(blend[0]) <= min(error(b) for b in np.linspace(0, 1, 11)) + 1e-4
+    out = pipe(node_ids=nodes[:1], num_samples=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    expected = pipe._clip_to_range(pipe._to_data_units(blend[0] * donors[:1] + (1 - blend[0]) * learned[:1]))
+    np.testing.assert_allclose(out.meta_pattern, expected.numpy(), rtol=1e-5, atol=1e-4)
+    assert choose_prior_blend(build_pipeline(city, KGDiffModelConfig(**SMALL)), city) is None  # no validation nodes

@@ -6,11 +6,18 @@ import time
 import pytest
 import torch
 
+from kgdiff_diffusers.data.days import split_validation_nodes
 from kgdiff_diffusers.data.prepared import prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import evaluate_pipeline
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
-from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline, kgdiff_loss, training_samples
+from kgdiff_diffusers.training import (
+    KGDiffModelConfig,
+    build_pipeline,
+    choose_prior_blend,
+    kgdiff_loss,
+    training_samples,
+)
 
 
 @pytest.mark.slow
@@ -25,6 +32,8 @@ def test_trained_kgdiff_beats_the_global_mean_and_random_days_on_unseen_nodes():
         entity_embeddings=tucker.entity_embeddings,
         relation_embeddings=tucker.relation_embeddings,
     )
+    _, validation = split_validation_nodes(dataset.node_table, dataset.train_node_ids, 0.2)
+    dataset = dataset.with_split(dataset.test_node_ids, validation)
     config = KGDiffModelConfig(
         condition_dim=32,
         block_out_channels=(16, 32),
@@ -35,7 +44,7 @@ def test_trained_kgdiff_beats_the_global_mean_and_random_days_on_unseen_nodes():
     pipe = build_pipeline(dataset, config)
     pipe.set_progress_bar_config(disable=True)
     days, rows = training_samples(dataset)
-    modules = torch.nn.ModuleList([pipe.unet, pipe.condition_encoder, pipe.donor_prior])
+    modules = torch.nn.ModuleList([pipe.unet, pipe.condition_encoder, pipe.meta_pattern])
     optimiser = torch.optim.AdamW([p for p in modules.parameters() if p.requires_grad], lr=2e-3)
     generator = torch.Generator().manual_seed(0)
     start = time.time()
@@ -44,7 +53,7 @@ def test_trained_kgdiff_beats_the_global_mean_and_random_days_on_unseen_nodes():
         loss = kgdiff_loss(
             pipe.unet,
             pipe.condition_encoder,
-            None,
+            pipe.meta_pattern,
             pipe.scheduler,
             pipe.delay_embedding,
             days[batch],
@@ -55,10 +64,11 @@ def test_trained_kgdiff_beats_the_global_mean_and_random_days_on_unseen_nodes():
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    blend = choose_prior_blend(pipe, dataset)
     result = evaluate_pipeline(pipe, dataset, num_inference_steps=20, sampler="ddim", max_days_per_node=4)
     methods = result.metrics["methods"]
     print(
-        f"trained in {time.time() - start:.0f} s; MAE KGDiff {methods['KGDiff']['mae']:.1f}, "
+        f"trained in {time.time() - start:.0f} s; blend {blend}; MAE KGDiff {methods['KGDiff']['mae']:.1f}, "
         f"global mean {methods['global_mean_profile']['mae']:.1f}, kNN-3 {methods['knn3_profile']['mae']:.1f}; "
         f"MMD-fixed KGDiff {methods['KGDiff']['mmd_fixed_bandwidth']:.3f}, "
         f"random days {methods['random_training_days']['mmd_fixed_bandwidth']:.3f}"

@@ -52,15 +52,16 @@ def kgdiff_loss(
     With a ``donor_prior`` (the default model) the diffusion runs on the node's scaled residual day
     ``Y_0 = (X_0 - m) / s``, with ``m``, ``s`` the node's own mean day and spread, as plain DDPM (no drift):
     the denoiser learns day-to-day variation, conditioned on ``phi`` and on ``m`` (its ``meta_pattern``
-    input). The meta-pattern term then trains the donor prior instead: ``|| f_prior - x ||^2`` where
-    ``f_prior`` is the leave-one-out estimate from other training nodes, the one sampling starts from.
+    input). The meta-pattern term trains the KG regression ``f(phi)`` onto the node's days as above (it is
+    blended with the donor prior at sampling, see :func:`choose_prior_blend`), plus, with learned donor
+    weights, ``|| f_prior - x ||^2`` for the leave-one-out donor estimate.
 
     Args:
         days: ``(B, D, T)`` normalised days.
         node_rows: ``(B,)`` encoder rows of each day's node (training nodes only).
         meta_pattern_weight: weight of the meta-pattern term.
         generator: optional RNG for steps and noise.
-        donor_prior: the level/shape prior of the residual model (then ``meta_pattern`` must be ``None``).
+        donor_prior: the level/shape prior of the residual model.
     """
     batch = days.shape[0]
     phi = condition_encoder(node_rows)
@@ -68,10 +69,12 @@ def kgdiff_loss(
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=x0.device)
     if donor_prior is not None:
+        # The uniform donor prior has nothing to learn; the KG regression f(phi) and learned donor weights do.
+        meta_loss = torch.zeros((), device=x0.device)
         if meta_pattern is not None:
-            raise ValueError("give a meta_pattern or a donor_prior, not both")
-        prior_series, _ = donor_prior(node_rows)
-        meta_loss = F.mse_loss(prior_series, days)
+            meta_loss = meta_loss + F.mse_loss(meta_pattern(phi), days)
+        if donor_prior.config.weighting == "learned":
+            meta_loss = meta_loss + F.mse_loss(donor_prior(node_rows)[0], days)
         own_series, own_scale = donor_prior.own_statistics(node_rows)
         meta_image = delay_embedding.to_image(own_series)
         x0 = (x0 - meta_image) / own_scale[..., None, None]
@@ -105,9 +108,10 @@ class KGDiffModelConfig:
     ``use_spherical`` (condition encoder), ``use_meta_pattern`` (``f = 0``), ``use_guidance``
     (unconditional: ``phi = 0``).
 
-    ``use_donor_prior`` (the default; not in the paper) replaces the meta-pattern MLP by
-    :class:`~kgdiff_diffusers.models.donor_prior.KGDiffDonorPrior`: ``f`` and a per-node scale come from
-    the data of geographically and KG-nearest training nodes (leave-one-out weights), and the denoiser
+    ``use_donor_prior`` (the default; not in the paper) adds
+    :class:`~kgdiff_diffusers.models.donor_prior.KGDiffDonorPrior`: ``f`` is a blend of the donors'
+    estimate (geographically and KG-nearest training nodes) and the meta-pattern MLP ``f(phi)``, weighed on
+    validation nodes (:func:`choose_prior_blend`); a per-node scale comes from the donors, and the denoiser
     models the scaled residual. ``use_donor_prior=False`` is the paper's configuration.
     """
 
@@ -192,7 +196,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
     )
     meta_pattern = (
         KGDiffMetaPattern(config.condition_dim, steps, dataset.num_features, config.meta_pattern_hidden_dim)
-        if config.use_meta_pattern and not config.use_donor_prior
+        if config.use_meta_pattern
         else None
     )
     donor_prior = (
@@ -298,3 +302,37 @@ def training_samples(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 2, 1), dtype=np.float32)), torch.from_numpy(
         rows
     )
+
+
+@torch.no_grad()
+def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[float] | None:
+    """Sets ``pipe``'s ``prior_blend`` (per feature) to the grid value with the lowest validation-node MAE.
+
+    ``f = b * f_donors + (1 - b) * f(phi)``: the donor prior wins where nearby and KG-similar training nodes
+    resemble an unseen place (NYC-Bike), the KG regression where the KG explains the days (the synthetic
+    city). The choice uses only VALIDATION nodes (training-side nodes excluded from training), scored
+    like the test: MAE between each node's mean valid day and its ``f`` in data units.
+
+    Returns:
+        the chosen ``(D,)`` weights, or ``None`` (left unchanged) when the pipeline lacks one of the two
+        estimators or the dataset has no validation node with data.
+    """
+    if pipe.donor_prior is None or pipe.meta_pattern is None:
+        return None
+    rows = np.asarray(dataset.validation_rows, dtype=np.int64)
+    rows = rows[dataset.day_mask[rows].any(axis=1)]
+    if not len(rows):
+        return None
+    node_ids = [dataset.node_ids[r] for r in rows]
+    donors = pipe.prior(node_ids)[0]
+    learned = pipe.meta_pattern(pipe.condition(node_ids))
+    profiles, _, _ = node_day_statistics(dataset)
+    real = torch.from_numpy(profiles[rows]).transpose(1, 2)  # (V, T, D)
+    weights = torch.linspace(0.0, 1.0, grid)
+    errors = torch.stack([
+        (pipe._clip_to_range(pipe._to_data_units(b * donors + (1 - b) * learned)) - real).abs().mean(dim=(0, 1))
+        for b in weights
+    ])  # (grid, D)
+    blend = [float(weights[i]) for i in errors.argmin(dim=0)]
+    pipe.register_to_config(prior_blend=blend)
+    return blend

@@ -58,9 +58,10 @@ class KGDiffPipeline(DiffusionPipeline):
         condition_encoder: Geometry-MoE encoder holding the KG index of ``node_ids``.
         scheduler: the sampler.
         meta_pattern: ``f(phi)``; ``None`` for the "w/o meta pattern" ablation (``f = 0``).
-        donor_prior: the default model's ``f`` and per-node scale ``s`` from KG- and geographically nearest
-            training nodes; the denoiser then samples the scaled residual ``Y`` and a day is ``f + s Y``.
-            ``None`` (the paper's configuration, and pipelines saved before it existed): ``f = meta_pattern``.
+        donor_prior: the default model's estimate of ``f`` and per-node scale ``s`` from KG- and
+            geographically nearest training nodes; the denoiser then samples the scaled residual ``Y`` and a
+            day is ``f + s Y``. ``None`` (the paper's configuration, and pipelines saved before it existed):
+            ``f = meta_pattern``.
         node_ids: ``(num_nodes,)`` data node ids; row ``i`` of the encoder's index is ``node_ids[i]``.
         feature_names: ``(D,)`` e.g. ``["speed"]`` or ``["inflow", "outflow"]``.
         feature_mean, feature_std: ``(D,)`` normalisation statistics (data units).
@@ -71,6 +72,8 @@ class KGDiffPipeline(DiffusionPipeline):
         output_min: ``(D,)`` lower bound of each feature in data units (``None`` entries: unbounded). Built
             from the training data: ``0`` where no training value is negative (counts, speeds), so generated
             days are clipped there; ``None`` for data with negative values.
+        prior_blend: ``(D,)`` weight ``b`` of the donor prior in ``f = b f_donors + (1 - b) meta_pattern(phi)``
+            when both exist (chosen on validation nodes by training; ``None`` means 1: donors only).
     """
 
     model_cpu_offload_seq = "condition_encoder->meta_pattern->donor_prior->unet"
@@ -94,6 +97,7 @@ class KGDiffPipeline(DiffusionPipeline):
         entity_names: list[str] | None = None,
         relation_names: list[str] | None = None,
         output_min: list[float | None] | None = None,
+        prior_blend: list[float] | None = None,
     ):
         super().__init__()
         num_nodes = condition_encoder.config.num_nodes
@@ -122,8 +126,6 @@ class KGDiffPipeline(DiffusionPipeline):
         ):
             raise ValueError("meta_pattern's seq_len / num_features do not match the pipeline's")
         if donor_prior is not None:
-            if meta_pattern is not None:
-                raise ValueError("give a meta_pattern or a donor_prior, not both")
             prior = donor_prior.config
             if (prior.num_nodes, prior.seq_len, prior.num_features) != (num_nodes, seq_len, num_features):
                 raise ValueError(
@@ -132,6 +134,8 @@ class KGDiffPipeline(DiffusionPipeline):
                 )
             if not np.allclose(prior.feature_mean, feature_mean) or not np.allclose(prior.feature_std, feature_std):
                 raise ValueError("donor_prior's feature_mean / feature_std differ from the pipeline's")
+        if prior_blend is not None and (len(prior_blend) != num_features or not all(0 <= b <= 1 for b in prior_blend)):
+            raise ValueError(f"prior_blend must be {num_features} weights in [0, 1], got {prior_blend}")
         if output_min is not None and len(output_min) != num_features:
             raise ValueError(f"output_min must have {num_features} entries, got {len(output_min)}")
         self.register_modules(
@@ -153,6 +157,7 @@ class KGDiffPipeline(DiffusionPipeline):
             entity_names=entity_names,
             relation_names=relation_names,
             output_min=None if output_min is None else [None if m is None else float(m) for m in output_min],
+            prior_blend=None if prior_blend is None else [float(b) for b in prior_blend],
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
@@ -331,6 +336,9 @@ class KGDiffPipeline(DiffusionPipeline):
         residual_scale = None
         if self.donor_prior is not None:
             meta_series, residual_scale = self.prior(node_ids, new_nodes, new_node_locations)
+            if self.meta_pattern is not None and self.config.prior_blend is not None:
+                blend = torch.tensor(self.config.prior_blend, device=self.device)[:, None]
+                meta_series = blend * meta_series + (1 - blend) * self.meta_pattern(phi)
             residual_scale = residual_scale.repeat_interleave(num_samples, dim=0)[..., None, None]
         elif self.meta_pattern is not None:
             meta_series = self.meta_pattern(phi)
