@@ -129,6 +129,10 @@ DATASETS = {
 # Model rows: row name -> extra scripts/train.py flags (add a row here to benchmark it).
 VARIANTS = {
     MODEL_NAME: (),
+    # The paper's configuration: f from the meta-pattern MLP alone, no donor prior, no residual scaling.
+    "paper configuration": ("--no_donor_prior",),
+    # The donor prior with weights learnt leave-one-out instead of uniform ones.
+    "KGDiff (learned donor weights)": ("--donor_weighting", "learned"),
     # The paper's Table 3 ablations (run when named in --variants).
     "w/o Geometry-MoE": ("--no_geometry_moe",),
     "w/o H": ("--no_hyperbolic",),
@@ -140,7 +144,7 @@ VARIANTS = {
     "KGDiff (relation mean)": ("--neighbor_weighting", "relation"),
 }
 # The rows of a run without --variants.
-DEFAULT_VARIANTS = [MODEL_NAME]
+DEFAULT_VARIANTS = [MODEL_NAME, "paper configuration"]
 BASELINE_LABELS = {
     "random_training_days": "random training days",
     "global_mean_profile": "global mean profile",

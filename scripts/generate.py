@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> tuple[list[str], np.ndarray] | None:
             output = pipe(
                 node_ids=[name for name in names if name not in conditions],
                 new_nodes={name: conditions[name] for name in names if name in conditions},
+                new_node_locations={n["name"]: (n["lat"], n["lon"]) for n in args.new_nodes if n["name"] in names},
                 num_samples=args.num_samples,
                 num_inference_steps=args.num_inference_steps,
                 generator=day_generators(args.seed, [index for index, _ in local_items], args.num_samples),

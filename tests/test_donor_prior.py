@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from kgdiff_diffusers import KGDiffPipeline
+from kgdiff_diffusers.data.days import split_validation_nodes
 from kgdiff_diffusers.data.prepared import prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
 from kgdiff_diffusers.models.donor_prior import KGDiffDonorPrior
-from kgdiff_diffusers.data.days import split_validation_nodes
 from kgdiff_diffusers.training import (
     KGDiffModelConfig,
     build_pipeline,
@@ -168,7 +168,8 @@ def test_the_blend_is_chosen_on_validation_nodes_and_used_for_f(city):
     real = profiles[dataset.validation_rows].transpose(0, 2, 1)
 
     def error(b: float) -> float:
-        return float(np.abs(pipe._clip_to_range(pipe._to_data_units(b * donors + (1 - b) * learned)).numpy() - real).mean())
+        blended = pipe._clip_to_range(pipe._to_data_units(b * donors + (1 - b) * learned)).numpy()
+        return float(np.abs(blended - real).mean())
 
     assert error(blend[0]) <= min(error(b) for b in np.linspace(0, 1, 11)) + 1e-4
     out = pipe(node_ids=nodes[:1], num_samples=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0))

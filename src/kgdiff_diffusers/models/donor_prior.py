@@ -153,8 +153,13 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         if not np.isfinite(bank_profile).all() or not np.isfinite(spreads[bank_rows]).all():
             raise ValueError("training profiles for the donor prior contain NaN or inf")
         level_mode = "multiplicative" if bank_profile.min() >= 0 else "additive"
-        bank_level = bank_profile.mean(axis=2) if level_mode == "multiplicative" else np.ones((len(bank_rows), num_features))
-        edge_node, edge_relation, edge_neighbor = (np.asarray(a, dtype=np.int64) for a in (edge_node, edge_relation, edge_neighbor))
+        if level_mode == "multiplicative":
+            bank_level = bank_profile.mean(axis=2)
+        else:
+            bank_level = np.ones((len(bank_rows), num_features))
+        edge_node, edge_relation, edge_neighbor = (
+            np.asarray(a, dtype=np.int64) for a in (edge_node, edge_relation, edge_neighbor)
+        )
         is_bank = np.full(num_nodes, -1, dtype=np.int64)
         is_bank[bank_rows] = np.arange(len(bank_rows))
         # IDF over the donors' neighbour sets: an entity shared by every donor (the borough) says nothing.
