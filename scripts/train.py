@@ -31,6 +31,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -72,6 +73,11 @@ PRESETS = {
 CHECKPOINT_PREFIX = "checkpoint-"
 VALIDATION_FILE = "validation.json"
 VALIDATION_METRICS = ("crps", "mae", "rmse", "mmd_fixed_bandwidth", "mmd", "jsd")
+EXTREME_Z = 1e4  # a normalised training value this far from the mean is a data error
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss, gradient or weight: the run stops before it saves anything from it."""
 
 
 class GeneratorState:
@@ -213,6 +219,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--learning_rate must be > 0, got {args.learning_rate}")
     if (args.delay_window is None) != (args.delay_stride is None):
         parser.error("--delay_window and --delay_stride go together: give both, or neither for the automatic choice")
+    for name in ("learning_rate", "adam_weight_decay", "max_grad_norm", "ema_decay", "meta_pattern_weight"):
+        if not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
     return args
 
 
@@ -430,58 +439,68 @@ def main(argv: list[str] | None = None) -> None:
         range(args.max_train_steps), initial=global_step, desc="training", disable=not accelerator.is_local_main_process
     )
     epoch = first_epoch
-    while global_step < args.max_train_steps:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
-        skip_batches = 0
-        for batch_days, batch_rows in batches:
-            with accelerator.accumulate(*modules):
-                out = kgdiff_loss(
-                    unet,
-                    encoder,
-                    meta_pattern,
-                    pipe.scheduler,
-                    pipe.delay_embedding,
-                    batch_days,
-                    batch_rows,
-                    meta_pattern_weight=args.meta_pattern_weight,
-                    generator=noise_generator,
-                )
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            if ema is not None:
-                ema.step(trainable)
-            global_step += 1
-            progress.update(1)
-            logs = {
-                "loss": out.loss.detach().item(),
-                "noise_loss": out.noise_loss.detach().item(),
-                "meta_pattern_loss": out.meta_pattern_loss.detach().item(),
-                "lr": lr_scheduler.get_last_lr()[0],
-            }
-            progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-                save_checkpoint(accelerator, args, checkpoint_dir, global_step)
-            if global_step % args.validation_steps == 0:
-                run_validation(accelerator, pipe, dataset, args, ema, trainable, global_step, history)
-            if global_step >= args.max_train_steps:
-                break
-        epoch += 1
-    progress.close()
+    try:
+        while global_step < args.max_train_steps:
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+            skip_batches = 0
+            for batch_days, batch_rows in batches:
+                with accelerator.accumulate(*modules):
+                    out = kgdiff_loss(
+                        unet,
+                        encoder,
+                        meta_pattern,
+                        pipe.scheduler,
+                        pipe.delay_embedding,
+                        batch_days,
+                        batch_rows,
+                        meta_pattern_weight=args.meta_pattern_weight,
+                        generator=noise_generator,
+                    )
+                    check_finite_loss(accelerator, out.loss, batch_days, batch_rows, dataset, global_step + 1)
+                    accelerator.backward(out.loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                        if not torch.isfinite(grad_norm):
+                            raise TrainingDiverged(
+                                f"non-finite gradient norm ({grad_norm.item()}) at step {global_step + 1}: "
+                                + describe_batch(batch_days, batch_rows, dataset)
+                            )
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                if ema is not None:
+                    ema.step(trainable)
+                global_step += 1
+                progress.update(1)
+                logs = {
+                    "loss": out.loss.detach().item(),
+                    "noise_loss": out.noise_loss.detach().item(),
+                    "meta_pattern_loss": out.meta_pattern_loss.detach().item(),
+                    "lr": lr_scheduler.get_last_lr()[0],
+                }
+                progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                accelerator.log(logs, step=global_step)
+                if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+                    check_finite_weights(modules, global_step)
+                    save_checkpoint(accelerator, args, checkpoint_dir, global_step)
+                if global_step % args.validation_steps == 0:
+                    run_validation(accelerator, pipe, dataset, args, ema, trainable, global_step, history)
+                if global_step >= args.max_train_steps:
+                    break
+            epoch += 1
+    finally:
+        progress.close()
 
     accelerator.wait_for_everyone()
     load_best_checkpoint(accelerator, args, checkpoint_dir)
     if accelerator.is_main_process:
         if ema is not None:
             ema.copy_to(trainable)
+        check_finite_weights(modules, global_step)
         for name, module in zip(("unet", "condition_encoder", "meta_pattern"), modules):
             setattr(pipe, name, accelerator.unwrap_model(module))
         pipe.save_pretrained(args.output_dir)
@@ -496,6 +515,51 @@ def main(argv: list[str] | None = None) -> None:
         if args.push_to_hub:
             push_pipeline(args.output_dir, args.hub_model_id, private=args.hub_private)
     accelerator.end_training()
+
+
+def check_finite_loss(accelerator: Accelerator, loss, batch_days, batch_rows, dataset, step: int) -> None:
+    """Stops every process at the first non-finite loss, before it reaches the weights."""
+    finite = bool(torch.isfinite(loss.detach()))
+    failed = accelerator.reduce(torch.tensor([0.0 if finite else 1.0], device=accelerator.device), "sum")
+    if failed.item() == 0:
+        return
+    if finite:
+        raise TrainingDiverged(f"step {step}: another process hit a non-finite loss (its message names the batch)")
+    raise TrainingDiverged(
+        f"non-finite loss ({loss.item()}) at step {step}; nothing of this step was applied or saved: "
+        + describe_batch(batch_days, batch_rows, dataset)
+    )
+
+
+def describe_batch(batch_days: torch.Tensor, batch_rows: torch.Tensor, dataset) -> str:
+    """The (node id, date) of each day in a batch, and which of them hold non-finite values."""
+    rows = batch_rows.cpu().numpy()
+    values = batch_days.detach().cpu().numpy()  # (B, D, T) normalised
+    with np.errstate(all="ignore"):
+        candidates = ((dataset.days[rows] - dataset.feature_mean) / dataset.feature_std).transpose(0, 1, 3, 2)
+    labels = []
+    for i, row in enumerate(rows):
+        matches = [
+            d
+            for d in np.flatnonzero(dataset.day_mask[row])
+            if np.allclose(candidates[i, d], values[i], rtol=1e-5, atol=1e-6, equal_nan=True)
+        ]
+        labels.append(f"{dataset.node_ids[row]}@{dataset.dates[matches[0]] if matches else '?'}")
+    with np.errstate(invalid="ignore"):
+        bad = [label for label, day in zip(labels, values) if not (np.abs(day) <= EXTREME_Z).all()]
+    text = f"its {len(labels)} training days (node@date): {', '.join(labels)}"
+    if bad:
+        text += f"; non-finite or extreme (|z| > {EXTREME_Z:g} standard deviations) values in {', '.join(bad)}"
+    stats = np.concatenate([np.ravel(dataset.feature_mean), np.ravel(dataset.feature_std)])
+    if not np.isfinite(stats).all():
+        text += f"; the dataset's feature_mean / feature_std are not finite: {stats.tolist()}"
+    return text + ". Fix the data or lower --learning_rate; earlier checkpoints are intact"
+
+
+def check_finite_weights(modules, step: int) -> None:
+    bad = [name for module in modules for name, p in module.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingDiverged(f"non-finite weights after step {step} ({', '.join(bad[:3])}); nothing was saved")
 
 
 def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, checkpoint_dir: Path, step: int) -> None:
@@ -596,6 +660,6 @@ def run_validation(accelerator, pipe, dataset, args, ema, trainable, step: int, 
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

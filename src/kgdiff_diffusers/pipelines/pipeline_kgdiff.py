@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -129,6 +130,29 @@ class KGDiffPipeline(DiffusionPipeline):
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> KGDiffPipeline:
+        """``DiffusionPipeline.from_pretrained``, then refuses a pipeline whose weights are not all finite."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe.check_finite_weights(source=str(pretrained_model_name_or_path))
+        return pipe
+
+    def check_finite_weights(self, source: str = "pipeline") -> None:
+        """``ValueError`` naming every component (and its first tensors) that holds NaN or infinite values."""
+        problems = []
+        for name, component in self.components.items():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            tensors = [*component.named_parameters(), *component.named_buffers()]
+            bad = [key for key, tensor in tensors if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+            if bad:
+                problems.append(f"{name} ({len(bad)} of {len(tensors)} tensors, e.g. {', '.join(bad[:3])})")
+        if problems:
+            raise ValueError(
+                f"{source}: non-finite (NaN/inf) weights in {'; '.join(problems)}: it was saved from a diverged "
+                "training run and would generate NaN; retrain it"
+            )
+
     def node_rows(self, node_ids: Sequence[str | int]) -> list[int]:
         """Encoder rows of ``node_ids``; ``ValueError`` naming the ids the pipeline does not know."""
         if isinstance(node_ids, (str, bytes)) or not isinstance(node_ids, Sequence | np.ndarray):
@@ -189,23 +213,94 @@ class KGDiffPipeline(DiffusionPipeline):
         std = torch.tensor(self.config.feature_std, device=normalised.device).unsqueeze(-1)
         return (normalised * std + mean).transpose(-1, -2)
 
-    def _predict_noise(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        condition: torch.Tensor,
-        meta_image: torch.Tensor,
-        batch_size: int,
+    def _check_arguments(
+        self, node_ids: list, new_nodes: dict, num_samples, num_inference_steps, generator, output_type, batch_size
+    ) -> None:
+        """``ValueError`` naming the first argument of :meth:`__call__` that is unusable."""
+        if not node_ids and not new_nodes:
+            raise ValueError("give node_ids and/or new_nodes")
+        for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        max_steps = self.scheduler.config.num_train_timesteps
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, (int, np.integer))
+            or not 1 <= num_inference_steps <= max_steps
+        ):
+            raise ValueError(
+                f"num_inference_steps must be an int in [1, {max_steps}] (the scheduler's training steps), "
+                f"got {num_inference_steps!r}"
+            )
+        generators = generator if isinstance(generator, list) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+            bad = next(g for g in generators if not isinstance(g, torch.Generator))
+            raise ValueError(
+                f"generator must be a torch.Generator, a list of them (one per day) or None, got "
+                f"{type(bad).__name__}; for a seed use torch.Generator().manual_seed(seed)"
+            )
+        if output_type not in ("np", "pt", "pd"):
+            raise ValueError(f"output_type must be 'np', 'pt' or 'pd', got {output_type!r}")
+        overlap = {str(n) for n in node_ids} & set(new_nodes)
+        if overlap:
+            raise ValueError(f"{sorted(overlap)[:5]} appear both in node_ids and new_nodes")
+        taken = sorted(set(map(str, new_nodes)) & set(self._row_of_node))
+        if taken:
+            raise ValueError(
+                f"new_nodes {taken[:5]} have the ids of nodes the pipeline knows (pipe.config.node_ids); "
+                "give new places other names"
+            )
+        batch = (len(node_ids) + len(new_nodes)) * num_samples
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} days (nodes x num_samples)")
+
+    @staticmethod
+    def _chunk_generators(generator, batch: int, batch_size: int):
+        """Per chunk of ``batch_size`` days: ``None``, or the list of the chunk's generators.
+
+        One ``torch.Generator`` seeds one stream per day (from a single draw of it), so the days do not
+        depend on ``batch_size``.
+        """
+        if generator is None:
+            return [None] * math.ceil(batch / batch_size)
+        if isinstance(generator, torch.Generator):
+            base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            seeds = np.random.SeedSequence(base).generate_state(batch, dtype=np.uint64).tolist()
+            return (
+                [torch.Generator(device=generator.device).manual_seed(seed) for seed in seeds[i : i + batch_size]]
+                for i in range(0, batch, batch_size)
+            )
+        return [generator[start : start + batch_size] for start in range(0, batch, batch_size)]
+
+    def _sample_chunk(
+        self, condition: torch.Tensor, meta_image: torch.Tensor, num_inference_steps: int, generator
     ) -> torch.Tensor:
-        chunks = range(0, len(sample), batch_size)
-        return torch.cat(
-            [
-                self.unet(
-                    sample[i : i + batch_size], timestep, condition[i : i + batch_size], meta_image[i : i + batch_size]
-                ).sample
-                for i in chunks
-            ]
-        )
+        """The full denoising loop for one chunk: ``(B, D, V, V)`` images from ``condition`` ``(B, C)``."""
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)  # also resets multistep state
+        shifted = isinstance(self.scheduler, KGDiffScheduler)
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
+        shape = meta_image.shape
+        if shifted:
+            sample = self.scheduler.initial_sample(shape, meta_image, generator=generator, device=self.device)
+        else:  # plain diffusers sampler on the residual Y = X - f (plain DDPM in Y)
+            sample = randn_tensor(shape, generator=generator, device=self.device) * self.scheduler.init_noise_sigma
+        for t in self.scheduler.timesteps:
+            if shifted:
+                noise = self._predict_noise(sample, t, condition, meta_image)
+                sample = self.scheduler.step(noise, t, sample, meta_pattern=meta_image, generator=generator).prev_sample
+            else:
+                model_input = self.scheduler.scale_model_input(sample, t) + meta_image
+                prediction = self._predict_noise(model_input, t, condition, meta_image)
+                if self.scheduler.config.prediction_type == "sample":  # X_0 -> Y_0 = X_0 - f
+                    prediction = prediction - meta_image
+                sample = self.scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
+        return sample if shifted else sample + meta_image
+
+    def _predict_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor, meta_image: torch.Tensor
+    ) -> torch.Tensor:
+        return self.unet(sample, timestep, condition, meta_image).sample
 
     @torch.no_grad()
     def __call__(
@@ -223,14 +318,15 @@ class KGDiffPipeline(DiffusionPipeline):
 
         Args:
             node_ids: ids of nodes the pipeline was trained with (``pipe.config.node_ids``).
-            num_samples: days per node (``>= 1``).
-            num_inference_steps: denoising steps (at most the scheduler's training steps).
-            generator: one ``torch.Generator``, or one per generated day (``nodes * num_samples``, node-major).
+            num_samples: days per node (``>= 1``); any number: days are generated ``batch_size`` at a time.
+            num_inference_steps: denoising steps, ``1 <= num_inference_steps <= num_train_timesteps``.
+            generator: one ``torch.Generator`` (one draw of it seeds a stream per day, so results do not
+                depend on ``batch_size``), or one per generated day (``nodes * num_samples``, node-major).
             new_nodes: places without data, ``{node_id: [(relation_name, entity_name), ...]}``; their
                 condition comes from these KG neighbours alone.
             output_type: ``"np"``, ``"pt"`` or ``"pd"``.
             return_dict: return a :class:`KGDiffPipelineOutput` instead of a tuple.
-            batch_size: images per denoiser call; all nodes and samples share each scheduler step.
+            batch_size: days denoised together (per denoiser call); bounds the memory of the sampling loop.
 
         Returns:
             :class:`KGDiffPipelineOutput` with ``series`` ``(nodes, num_samples, T, D)`` in data units.
@@ -239,19 +335,11 @@ class KGDiffPipeline(DiffusionPipeline):
             raise TypeError(f"node_ids must be a list of node ids, got the string {node_ids!r}; use [{node_ids!r}]")
         node_ids = [] if node_ids is None else list(node_ids)
         new_nodes = dict(new_nodes or {})
-        if not node_ids and not new_nodes:
-            raise ValueError("give node_ids and/or new_nodes")
-        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-        if output_type not in ("np", "pt", "pd"):
-            raise ValueError(f"output_type must be 'np', 'pt' or 'pd', got {output_type!r}")
-        overlap = {str(n) for n in node_ids} & set(new_nodes)
-        if overlap:
-            raise ValueError(f"{sorted(overlap)[:5]} appear both in node_ids and new_nodes")
+        self._check_arguments(
+            node_ids, new_nodes, num_samples, num_inference_steps, generator, output_type, batch_size
+        )
         all_ids = [str(n) for n in node_ids] + list(new_nodes)
         batch = len(all_ids) * num_samples
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for {batch} days (nodes x num_samples)")
 
         phi = self.condition(node_ids, new_nodes)
         emb = self.delay_embedding
@@ -260,32 +348,18 @@ class KGDiffPipeline(DiffusionPipeline):
             meta_series = self.meta_pattern(phi)
         else:
             meta_series = torch.zeros(len(all_ids), num_features, emb.seq_len, device=self.device)
-        meta_image = emb.to_image(meta_series).repeat_interleave(num_samples, dim=0)
-        condition = phi.repeat_interleave(num_samples, dim=0)
-        shape = (batch, num_features, emb.image_size, emb.image_size)
-
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        shifted = isinstance(self.scheduler, KGDiffScheduler)
-        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {"generator": generator} if takes_generator else {}
-        if shifted:
-            sample = self.scheduler.initial_sample(shape, meta_image, generator=generator, device=self.device)
-        else:  # plain diffusers sampler on the residual Y = X - f (plain DDPM in Y)
-            sample = randn_tensor(shape, generator=generator, device=self.device) * self.scheduler.init_noise_sigma
-        for t in self.progress_bar(self.scheduler.timesteps):
-            if shifted:
-                noise = self._predict_noise(sample, t, condition, meta_image, batch_size)
-                sample = self.scheduler.step(noise, t, sample, meta_pattern=meta_image, generator=generator).prev_sample
-            else:
-                model_input = self.scheduler.scale_model_input(sample, t) + meta_image
-                prediction = self._predict_noise(model_input, t, condition, meta_image, batch_size)
-                if self.scheduler.config.prediction_type == "sample":  # X_0 -> Y_0 = X_0 - f
-                    prediction = prediction - meta_image
-                sample = self.scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
-        if not shifted:
-            sample = sample + meta_image
-
-        series = self._to_data_units(emb.to_series(sample))
+        meta_images = emb.to_image(meta_series)
+        # Days stream through in chunks of batch_size, so memory stays bounded for any num_samples.
+        series = torch.empty(
+            batch, emb.seq_len, num_features, device=self.device if output_type == "pt" else "cpu"
+        )
+        chunks = self._chunk_generators(generator, batch, batch_size)
+        with self.progress_bar(total=math.ceil(batch / batch_size) * num_inference_steps) as progress:
+            for start, chunk_generator in zip(range(0, batch, batch_size), chunks):
+                nodes = torch.arange(start, min(start + batch_size, batch), device=self.device) // num_samples
+                images = self._sample_chunk(phi[nodes], meta_images[nodes], num_inference_steps, chunk_generator)
+                series[start : start + len(nodes)] = self._to_data_units(emb.to_series(images)).to(series.device)
+                progress.update(num_inference_steps)
         series = series.reshape(len(all_ids), num_samples, emb.seq_len, num_features)
         meta = self._to_data_units(meta_series)
         if output_type == "np":
