@@ -175,3 +175,11 @@ def test_many_samples_stream_in_batch_size_chunks_with_results_independent_of_ba
     large = generate(tiny_pipeline, node_ids=["node0", "node3"], num_samples=5, num_inference_steps=3)
     np.testing.assert_allclose(small.series, large.series, rtol=1e-5, atol=1e-4)
     assert small.series.shape == (2, 5, 48, 1) and len(np.unique(small.series[:, :, 0, 0])) == 10
+
+
+def test_pickled_weights_only_are_refused_on_load(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path, safe_serialization=False)
+    with pytest.raises(FileNotFoundError, match="no file named diffusion_pytorch_model.safetensors.*no pickle"):
+        KGDiffPipeline.from_pretrained(tmp_path)
+    reloaded = KGDiffPipeline.from_pretrained(tmp_path, use_safetensors=False)  # explicitly allowed
+    assert reloaded.config.node_ids == tiny_pipeline.config.node_ids

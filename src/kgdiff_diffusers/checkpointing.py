@@ -107,7 +107,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path, ema: EMAModel | None, 
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, KeyError, FileNotFoundError) as err:
-        raise ValueError(f"{path} does not fit the model built from these flags: {str(err).splitlines()[0]}") from None
+        raise ValueError(f"cannot restore {path}: {str(err).splitlines()[0]}") from None
     generator.set_state(load_file(path / _generator_file(accelerator.process_index))["state"])
     if ema is not None:
         if not (path / EMA_FILE).is_file():

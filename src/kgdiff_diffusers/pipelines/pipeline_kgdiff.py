@@ -132,8 +132,23 @@ class KGDiffPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> KGDiffPipeline:
-        """``DiffusionPipeline.from_pretrained``, then refuses a pipeline whose weights are not all finite."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        """``DiffusionPipeline.from_pretrained`` of safetensors weights only, so loading runs no pickle.
+
+        A folder with pickled ``.bin`` weights only is refused unless ``use_safetensors=False`` is passed
+        (diffusers then reads them with ``torch.load(weights_only=True)``). A pipeline whose weights are not
+        all finite is refused too (:meth:`check_finite_weights`).
+        """
+        kwargs.setdefault("use_safetensors", True)
+        try:
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except OSError as err:
+            if not kwargs["use_safetensors"] or ".safetensors" not in str(err):
+                raise
+            raise FileNotFoundError(
+                f"{pretrained_model_name_or_path}: {str(err).removeprefix('Error ')} KGDiffPipeline loads "
+                "safetensors weights only (no pickle); re-save the pipeline with save_pretrained() where you trust "
+                "it, or pass use_safetensors=False to read pickled weights"
+            ) from None
         pipe.check_finite_weights(source=str(pretrained_model_name_or_path))
         return pipe
 
