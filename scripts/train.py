@@ -61,6 +61,7 @@ from kgdiff_diffusers.evaluation import (
     markdown_table,
     write_report,
 )
+from kgdiff_diffusers.fingerprint import data_fingerprint
 from kgdiff_diffusers.hub import push_pipeline
 from kgdiff_diffusers.kg.tucker import (
     DEFAULT_TUCKER_EPOCHS,
@@ -343,8 +344,11 @@ def resolve_checkpoint(args: argparse.Namespace, checkpoint_dir: Path) -> Path |
         return None
     if args.resume_from_checkpoint != "latest":
         path = Path(args.resume_from_checkpoint)
-        if not path.is_dir() or path not in (*list_checkpoints(path.parent), *incomplete_checkpoints(path.parent)):
-            raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a checkpoint-N folder")
+        if path not in list_checkpoints(path.parent):
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {path} is not a complete checkpoint-N folder (checkpoint_complete.json "
+                "is written last: without it, the save was interrupted)"
+            )
         return path
     complete, incomplete = list_checkpoints(checkpoint_dir), incomplete_checkpoints(checkpoint_dir)
     newer = [p.name for p in incomplete if not complete or checkpoint_step(p) > checkpoint_step(complete[-1])]
@@ -398,12 +402,19 @@ def check_resumed_data(run_config: dict, checkpoint: Path) -> None:
     """Refuses to resume on data or a model that differ from the checkpoint's (node split, model config)."""
     stored = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
     run_config = json.loads(json.dumps(run_config))  # tuples as the stored lists
-    keys = ("model", "dataset_name", "train_node_ids", "validation_node_ids", "test_node_ids")
+    keys = ("model", "dataset_name", "train_node_ids", "validation_node_ids", "test_node_ids", "num_processes")
     changed = [key for key in keys if key in stored and stored[key] != run_config[key]]
     if changed:
         raise ValueError(
             f"--resume_from_checkpoint {checkpoint}: {', '.join(changed)} differ from the run it continues "
-            f"({RUN_CONFIG_FILE} there); the data or model changed since. Start a new run in another --output_dir"
+            f"({RUN_CONFIG_FILE} there); the data, the model or the processes changed since. Resume as it ran, or "
+            "start a new run in another --output_dir"
+        )
+    rounding = differing_settings(stored, run_config, ignore=set(run_config) - {"num_threads", "device"})
+    if rounding:
+        logger.warning(
+            f"resuming with {'; '.join(rounding)}: kernels then sum in another order, so the weights match an "
+            "uninterrupted run to float rounding only (about 1e-6), not bit for bit"
         )
 
 
@@ -448,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset = hold_out_validation_nodes(load_dataset(args, accelerator), args.validation_fraction)
     config = model_config(args)
     pipe = build_pipeline(dataset, config)
+    pipe.register_to_config(data_fingerprint=data_fingerprint(dataset.node_table, dataset.kg, dataset.name))
     pipe.set_progress_bar_config(disable=True)
     days, node_rows = training_samples(dataset)  # train nodes only; raises if the splits overlap
     logger.info(
@@ -462,6 +474,9 @@ def main(argv: list[str] | None = None) -> None:
         "train_node_ids": dataset.train_node_ids,
         "validation_node_ids": dataset.validation_node_ids,
         "test_node_ids": dataset.test_node_ids,
+        "num_processes": accelerator.num_processes,
+        "num_threads": torch.get_num_threads(),
+        "device": accelerator.device.type,
     }
     if checkpoint is not None:
         check_resumed_data(run_config, checkpoint)

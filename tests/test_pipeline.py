@@ -183,3 +183,37 @@ def test_pickled_weights_only_are_refused_on_load(tiny_pipeline, tmp_path):
         KGDiffPipeline.from_pretrained(tmp_path)
     reloaded = KGDiffPipeline.from_pretrained(tmp_path, use_safetensors=False)  # explicitly allowed
     assert reloaded.config.node_ids == tiny_pipeline.config.node_ids
+
+
+def edit_json(path, **changes):
+    import json
+
+    config = json.loads(path.read_text())
+    config.update({key: change(config[key]) for key, change in changes.items()})
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("file", "changes"),
+    [
+        ("scheduler/scheduler_config.json", {"prediction_type": lambda _: "sample"}),
+        ("scheduler/scheduler_config.json", {"num_train_timesteps": lambda _: 1000}),
+        ("model_index.json", {"node_ids": lambda ids: ids[::-1]}),
+        ("model_index.json", {"feature_mean": lambda mean: [m + 1 for m in mean]}),
+        ("unet/config.json", {"condition_dim": lambda _: 16}),  # the same value: not an edit
+    ],
+)
+def test_edited_configs_that_change_results_fail_to_load(tiny_pipeline, tmp_path, file, changes):
+    tiny_pipeline.save_pretrained(tmp_path)
+    edit_json(tmp_path / file, **changes)
+    if file == "unet/config.json":
+        KGDiffPipeline.from_pretrained(tmp_path)
+        return
+    with pytest.raises(ValueError, match=f"{file} changed after save_pretrained"):
+        KGDiffPipeline.from_pretrained(tmp_path)
+
+
+def test_a_sampler_changed_in_python_and_saved_again_loads(tiny_pipeline, tmp_path):
+    tiny_pipeline.scheduler = make_sampler("ddim", tiny_pipeline.scheduler.config)
+    tiny_pipeline.save_pretrained(tmp_path)
+    assert type(KGDiffPipeline.from_pretrained(tmp_path).scheduler).__name__ == "DDIMScheduler"

@@ -30,10 +30,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 MODEL = TINY[TINY.index("--condition_dim") :]
 
 
-def train(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def train(*args: str, check: bool = True, threads: int = 1) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "train.py"), *args],
-        capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300,
+        capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": str(threads)}, cwd=REPO, timeout=300,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed:\n{result.stderr[-5000:]}")
@@ -226,3 +226,24 @@ def test_resume_runs_no_pickled_code_from_the_checkpoint(reference, tmp_path):
         (checkpoint / f"custom_checkpoint_{index}.pkl").unlink()
     train(*TINY, "--output_dir", str(run), "--resume_from_checkpoint", "latest")
     assert_same_weights(*(folder / "checkpoints" / "checkpoint-6" / "ema.safetensors" for folder in (reference, run)))
+
+
+def test_the_trained_pipeline_carries_its_data_fingerprint(reference, data_dir):
+    from kgdiff_diffusers.fingerprint import data_fingerprint
+
+    dataset = PreparedDataset.load(data_dir)
+    recorded = KGDiffPipeline.from_pretrained(reference).config.data_fingerprint
+    assert recorded == data_fingerprint(dataset.node_table, dataset.kg, "synthetic-city")
+    assert recorded["num_nodes"] == 12 and recorded["num_test_nodes"] == len(dataset.test_node_ids)
+
+
+def test_resume_with_another_thread_count_says_it_is_exact_to_rounding_only(reference, tmp_path):
+    run = copy_run(reference, tmp_path / "run", checkpoints=("checkpoint-3",))
+    (run / "model_index.json").unlink()
+    result = train(*TINY, "--output_dir", str(run), "--resume_from_checkpoint", "latest", threads=2)
+    assert "resuming with num_threads: 1 -> 2: kernels then sum in another order" in result.stderr
+    first = load_file(reference / "checkpoints" / "checkpoint-6" / "model.safetensors")
+    second = load_file(run / "checkpoints" / "checkpoint-6" / "model.safetensors")
+    worst = max((first[name] - second[name]).abs().max().item() for name in first)
+    print(f"max |difference| after resuming with 2 threads: {worst:.2e}")
+    assert worst < 1e-5

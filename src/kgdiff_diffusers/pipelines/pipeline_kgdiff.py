@@ -11,14 +11,17 @@ import numpy as np
 import pandas as pd
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..delay_embedding import DelayEmbedding
+from ..fingerprint import config_digest
 from ..models.condition_encoder import KGConditionEncoder
 from ..models.meta_pattern import KGDiffMetaPattern
 from ..models.unet_kgdiff import KGDiffUNet2DModel
 from ..schedulers.scheduling_kgdiff import KGDiffScheduler
+
+logger = logging.get_logger(__name__)
 
 NewNodes = Mapping[str, Sequence[tuple[str, str]]]
 
@@ -65,6 +68,9 @@ class KGDiffPipeline(DiffusionPipeline):
         interval_minutes: minutes between steps (for timestamps in reports).
         entity_names, relation_names: KG names of the encoder's entity / relation ids, so new nodes can
             be given by names.
+        data_fingerprint: :func:`~kgdiff_diffusers.fingerprint.data_fingerprint` of the training data.
+        config_sha256: ``{"model_index" | component: digest}`` of every config, written by
+            :meth:`save_pretrained` and checked by :meth:`from_pretrained`.
     """
 
     model_cpu_offload_seq = "condition_encoder->meta_pattern->unet"
@@ -86,6 +92,8 @@ class KGDiffPipeline(DiffusionPipeline):
         interval_minutes: int = 30,
         entity_names: list[str] | None = None,
         relation_names: list[str] | None = None,
+        data_fingerprint: dict | None = None,
+        config_sha256: dict | None = None,
     ):
         super().__init__()
         num_nodes = condition_encoder.config.num_nodes
@@ -127,6 +135,8 @@ class KGDiffPipeline(DiffusionPipeline):
             interval_minutes=interval_minutes,
             entity_names=entity_names,
             relation_names=relation_names,
+            data_fingerprint=data_fingerprint,
+            config_sha256=config_sha256,
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
@@ -149,8 +159,48 @@ class KGDiffPipeline(DiffusionPipeline):
                 "safetensors weights only (no pickle); re-save the pipeline with save_pretrained() where you trust "
                 "it, or pass use_safetensors=False to read pickled weights"
             ) from None
+        pipe.check_config_digests(source=str(pretrained_model_name_or_path))
         pipe.check_finite_weights(source=str(pretrained_model_name_or_path))
         return pipe
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """``DiffusionPipeline.save_pretrained``, recording a digest of every config in ``model_index.json``."""
+        self.register_to_config(config_sha256=self._config_digests())
+        super().save_pretrained(save_directory, **kwargs)
+
+    def _config_digests(self) -> dict[str, str]:
+        """``{"model_index": digest of the pipeline's own entries, <component>: digest of its config}``."""
+        own = {k: v for k, v in self.config.items() if k not in self.components and k != "config_sha256"}
+        digests = {"model_index": config_digest(own)}
+        for name, component in self.components.items():
+            if component is not None:
+                digests[name] = config_digest(component.config)
+        return digests
+
+    def check_config_digests(self, source: str = "pipeline") -> None:
+        """``ValueError`` naming the config files edited since :meth:`save_pretrained` wrote them.
+
+        Components are trained together: an edit such as ``prediction_type`` or ``num_train_timesteps`` of
+        the scheduler, or a reordered ``node_ids``, makes them disagree and silently changes the output.
+        """
+        recorded = self.config.get("config_sha256")
+        if recorded is None:
+            logger.warning(f"{source} was saved without config digests (an older version): edits are not detected")
+            return
+        actual = self._config_digests()
+        edited = sorted(name for name in set(recorded) | set(actual) if recorded.get(name) != actual.get(name))
+        if edited:
+            config_file = {name: getattr(c, "config_name", "config.json") for name, c in self.components.items()}
+            files = [
+                "model_index.json" if name == "model_index" else f"{name}/{config_file.get(name, 'config.json')}"
+                for name in edited
+            ]
+            raise ValueError(
+                f"{source}: {', '.join(files)} changed after save_pretrained (they no longer match the digests in "
+                "model_index.json); the components were trained together, and such edits (prediction_type, "
+                "num_train_timesteps, the order of node_ids, ...) make them disagree. Restore the saved files, "
+                "or change the pipeline in Python and save_pretrained it again"
+            )
 
     def check_finite_weights(self, source: str = "pipeline") -> None:
         """``ValueError`` naming every component (and its first tensors) that holds NaN or infinite values."""
