@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
         progress.close()
 
     accelerator.wait_for_everyone()
-    load_best_checkpoint(accelerator, args, checkpoint_dir)
+    load_best_checkpoint(accelerator, args, checkpoint_dir, ema, noise_generator)
     if accelerator.is_main_process:
         if ema is not None:
             ema.copy_to(trainable)
@@ -681,7 +681,7 @@ def best_validation(history: list[dict], metric: str) -> dict | None:
     return min(scored, key=lambda entry: entry["metrics"][metric], default=None)
 
 
-def load_best_checkpoint(accelerator, args: argparse.Namespace, checkpoint_dir: Path) -> None:
+def load_best_checkpoint(accelerator, args: argparse.Namespace, checkpoint_dir: Path, ema, noise_generator) -> None:
     """With ``--final_weights best``: restores the training state (EMA included) of the best validation step.
 
     Every process reads the best step from ``validation.json`` (written by the main process).
@@ -690,13 +690,13 @@ def load_best_checkpoint(accelerator, args: argparse.Namespace, checkpoint_dir: 
         return
     path = args.output_dir / VALIDATION_FILE
     best_step = json.loads(path.read_text())["best_step"] if path.is_file() else None
-    checkpoint = None if best_step is None else checkpoint_dir / f"{CHECKPOINT_PREFIX}{best_step}"
-    if checkpoint is None or not checkpoint.is_dir():
-        missing = "no validation score" if checkpoint is None else f"{checkpoint} is gone"
+    checkpoint = None if best_step is None else checkpoint_dir / f"checkpoint-{best_step}"
+    if checkpoint is None or checkpoint not in list_checkpoints(checkpoint_dir):
+        missing = "no validation score" if checkpoint is None else f"{checkpoint} is gone (or incomplete)"
         logger.warning(f"--final_weights best: {missing}; saving the last weights (keep more checkpoints with "
                        "--checkpoints_total_limit)")
         return
-    accelerator.load_state(str(checkpoint))
+    load_checkpoint(accelerator, checkpoint, ema, noise_generator)
     logger.info(f"--final_weights best: the weights of step {best_step} (best {args.validation_metric} on the "
                 f"validation nodes), from {checkpoint}")
 
