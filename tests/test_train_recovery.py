@@ -209,8 +209,6 @@ def test_resume_runs_no_pickled_code_from_the_checkpoint(reference, tmp_path):
     run = copy_run(reference, tmp_path / "run", checkpoints=("checkpoint-3",))
     (run / "model_index.json").unlink()
     checkpoint = run / "checkpoints" / "checkpoint-3"
-    assert {"ema.safetensors", "noise_generator_0.safetensors"} <= {p.name for p in checkpoint.iterdir()}
-    assert not list(checkpoint.glob("custom_checkpoint_*"))
     witness = tmp_path / "pickle_ran"
 
     class Payload:
@@ -224,6 +222,8 @@ def test_resume_runs_no_pickled_code_from_the_checkpoint(reference, tmp_path):
     assert result.returncode == 1 and "Number of custom checkpoints" in last_line(result)  # Accelerate's own check
     for index in (0, 1):
         (checkpoint / f"custom_checkpoint_{index}.pkl").unlink()
+    # the package's own states are safetensors
+    assert {"ema.safetensors", "noise_generator_0.safetensors"} <= {p.name for p in checkpoint.iterdir()}
     train(*TINY, "--output_dir", str(run), "--resume_from_checkpoint", "latest")
     assert_same_weights(*(folder / "checkpoints" / "checkpoint-6" / "ema.safetensors" for folder in (reference, run)))
 
