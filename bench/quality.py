@@ -142,6 +142,18 @@ VARIANTS = {
     "w/o Guidance": ("--no_guidance",),
     # Not in the paper: eq. 15's mean with each relation weighing the same instead of each edge.
     "KGDiff (relation mean)": ("--neighbor_weighting", "relation"),
+    # Not in the paper: geometric experts that do not reduce to the Euclidean one (relation Mobius
+    # translations, gyromidpoints; eq. 14 as printed has log_0(M_H) = log_0(M_S) = M_E), with their ablations.
+    **{
+        f"{row} (translated)": ("--geometry_form", "translated", *flags)
+        for row, flags in (
+            (MODEL_NAME, ()),
+            ("w/o Geometry-MoE", ("--no_geometry_moe",)),
+            ("w/o H", ("--no_hyperbolic",)),
+            ("w/o E", ("--no_euclidean",)),
+            ("w/o S", ("--no_spherical",)),
+        )
+    },
 }
 # The rows of a run without --variants.
 DEFAULT_VARIANTS = [MODEL_NAME, "paper configuration"]

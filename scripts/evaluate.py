@@ -33,6 +33,7 @@ from kgdiff_diffusers.evaluation import (
     with_training_split,
     write_report,
 )
+from kgdiff_diffusers.fingerprint import check_data_fingerprint, data_fingerprint
 from kgdiff_diffusers.schedulers.scheduling_kgdiff import SAMPLERS
 
 logger = logging.getLogger("evaluate")
@@ -54,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="compare at most this many (random) real days per test node; default all")
     parser.add_argument("--batch_size", type=int, default=256, help="images per denoiser call")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --output_dir")
+    parser.add_argument("--ignore_data_fingerprint", action="store_true",
+                        help="evaluate on --data even if it is not the data the pipeline was trained on (warns)")
     args = parser.parse_args(argv)
     if args.num_inference_steps < 1:
         parser.error(f"--num_inference_steps must be >= 1; got {args.num_inference_steps}")
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> EvaluationResult:
         raise FileNotFoundError(f"--model {args.model}: no model_index.json; pass a save_pretrained folder")
     dataset = with_training_split(PreparedDataset.load(args.data), args.model)
     pipe = KGDiffPipeline.from_pretrained(args.model)
+    check_data_fingerprint(
+        pipe.config.get("data_fingerprint"), data_fingerprint(dataset.node_table, dataset.kg, dataset.name),
+        str(args.data), args.ignore_data_fingerprint,
+    )
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     logger.info("evaluating %s on %s: %d test nodes, sampler %s, %d steps", args.model, dataset.name,
                 len(dataset.test_node_ids), args.sampler, args.num_inference_steps)

@@ -37,6 +37,7 @@ from accelerate.utils import gather_object
 from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.data.prepared import KG_DIR, NODES_FILE
 from kgdiff_diffusers.evaluation import new_node_neighbors, plot_generated_days, use_sampler
+from kgdiff_diffusers.fingerprint import check_data_fingerprint, data_fingerprint
 from kgdiff_diffusers.kg.builders import new_node_triples
 from kgdiff_diffusers.kg.graph import KnowledgeGraph
 from kgdiff_diffusers.schedulers.scheduling_kgdiff import SAMPLERS
@@ -97,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, required=True, help="a .csv, .parquet or .npz file")
     parser.add_argument("--batch_size", type=int, default=256, help="images per denoiser call")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--ignore_data_fingerprint", action="store_true",
+                        help="use --data even if it is not the data the pipeline was trained on (warns)")
     args = parser.parse_args(argv)
     args.node_ids = [n.strip() for n in args.node_ids.split(",") if n.strip()] if args.node_ids else []
     if not args.node_ids and not args.new_nodes:
@@ -134,6 +137,8 @@ def infer_kind(node_table: pd.DataFrame) -> str:
 def new_node_conditions(args: argparse.Namespace, pipe: KGDiffPipeline) -> dict[str, list[tuple[str, str]]]:
     """``{name: [(relation, entity), ...]}`` of every ``--new_node``, from the dataset's KG rules."""
     node_table, kg = load_places(args.data)
+    check_data_fingerprint(pipe.config.get("data_fingerprint"), data_fingerprint(node_table, kg, args.data.name),
+                           str(args.data), args.ignore_data_fingerprint)
     kind = args.kind or infer_kind(node_table)
     conditions = {}
     for place in args.new_nodes:

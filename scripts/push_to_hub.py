@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from kgdiff_diffusers.hub import FLAVOURS, HubUpload, push_pipeline, push_prepared_dataset
+from kgdiff_diffusers.hub import FLAVOURS, HubUpload, NotLoggedInError, push_pipeline, push_prepared_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,4 +81,7 @@ def main(argv: list[str] | None = None) -> HubUpload:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, FileExistsError, ValueError, NotLoggedInError) as err:
+        raise SystemExit(f"push_to_hub.py: error: {err}") from None

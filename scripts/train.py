@@ -31,6 +31,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -40,10 +41,27 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from kgdiff_diffusers.checkpointing import (
+    RUN_CONFIG_FILE,
+    checkpoint_step,
+    differing_settings,
+    incomplete_checkpoints,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from kgdiff_diffusers.data.days import split_validation_nodes
-from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
+from kgdiff_diffusers.data.prepared import EMBEDDINGS_FILE, PreparedDataset, prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
-from kgdiff_diffusers.evaluation import evaluate_pipeline, markdown_table, write_report
+from kgdiff_diffusers.evaluation import (
+    METRICS_FILE,
+    PICTURES,
+    REPORT_FILE,
+    evaluate_pipeline,
+    markdown_table,
+    write_report,
+)
+from kgdiff_diffusers.fingerprint import data_fingerprint
 from kgdiff_diffusers.hub import push_pipeline
 from kgdiff_diffusers.kg.tucker import (
     DEFAULT_TUCKER_EPOCHS,
@@ -64,6 +82,7 @@ from kgdiff_diffusers.training import (
 )
 
 logger = get_logger(__name__, log_level="INFO")
+TRAINED_COMPONENTS = ("unet", "condition_encoder", "meta_pattern", "donor_prior")
 
 PRESETS = {
     # The paper's settings: tau = 200, d = 128; delay embedding from the day length (48 -> 16/3, 288 -> 32/9).
@@ -76,27 +95,12 @@ PRESETS = {
         "meta_pattern_hidden_dim": 128,
     },
 }
-CHECKPOINT_PREFIX = "checkpoint-"
 VALIDATION_FILE = "validation.json"
 VALIDATION_METRICS = ("crps", "mae", "rmse", "mmd_fixed_bandwidth", "mmd", "jsd")
-TRAINED_COMPONENTS = ("unet", "condition_encoder", "meta_pattern", "donor_prior")
 
 
-class GeneratorState:
-    """Makes a ``torch.Generator`` checkpointable with ``accelerator.register_for_checkpointing``.
-
-    The loss draws its noise and steps from this generator rather than the global RNG, whose stream
-    also feeds the data loader's worker seeds: a resumed run then draws exactly the noise it would have.
-    """
-
-    def __init__(self, generator: torch.Generator):
-        self.generator = generator
-
-    def state_dict(self) -> dict:
-        return {"state": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["state"])
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss, gradient or weight: the run stops before it saves anything from it."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -203,6 +207,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.dataset is None or args.output_dir is None:
         parser.error("--dataset and --output_dir are required (on the command line or in --config)")
+    if args.overwrite_output_dir and args.resume_from_checkpoint:
+        parser.error("--overwrite_output_dir starts over (removing the earlier run); --resume_from_checkpoint "
+                     "continues it: give one of them")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id user/name")
     if args.push_to_hub and not args.final_evaluation:
@@ -226,6 +233,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--learning_rate must be > 0, got {args.learning_rate}")
     if (args.delay_window is None) != (args.delay_stride is None):
         parser.error("--delay_window and --delay_stride go together: give both, or neither for the automatic choice")
+    for name in ("learning_rate", "adam_weight_decay", "max_grad_norm", "ema_decay", "meta_pattern_weight"):
+        if not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
     return args
 
 
@@ -254,7 +264,14 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
     """The prepared dataset, building the synthetic city (in OUTPUT/data) or TuckER embeddings if needed."""
     data_dir = args.output_dir / "data"
     if args.dataset == "synthetic-city":
-        if accelerator.is_main_process and not (data_dir / "prepared.json").is_file():
+        request = {k: getattr(args, k) for k in ("synthetic_nodes", "synthetic_days", "seed", "embedding_dim",
+                                                 "tucker_epochs")}
+        request_file = data_dir / "synthetic_request.json"
+        cached = request_file.is_file() and json.loads(request_file.read_text()) == request
+        if accelerator.is_main_process and not cached:
+            if data_dir.exists():
+                logger.info(f"{data_dir} was built for other synthetic-city flags: rebuilding it")
+                shutil.rmtree(data_dir)
             data, kg = make_synthetic_city(num_nodes=args.synthetic_nodes, num_days=args.synthetic_days, seed=args.seed)
             result = pretrain_tucker(
                 kg,
@@ -272,6 +289,7 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
                 relation_embeddings=result.relation_embeddings,
             )
             dataset.save(data_dir)
+            request_file.write_text(json.dumps(request))
         accelerator.wait_for_everyone()
         return PreparedDataset.load(data_dir)
     if not Path(args.dataset, "prepared.json").is_file():
@@ -296,44 +314,122 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
     return dataset
 
 
-def check_output_dir(args: argparse.Namespace) -> None:
-    if args.resume_from_checkpoint:
+def check_output_dir(args: argparse.Namespace, checkpoint: Path | None) -> None:
+    """Refuses to replace an earlier run without ``--overwrite_output_dir``; with it, removes that run."""
+    if checkpoint is not None:
         return
+    finished = (args.output_dir / "model_index.json").is_file()
     if args.overwrite_output_dir:
-        if (args.output_dir / "checkpoints").is_dir():
-            logger.warning(f"--overwrite_output_dir: removing the earlier run's {args.output_dir / 'checkpoints'}")
-            shutil.rmtree(args.output_dir / "checkpoints")
-        return
-    if (args.output_dir / "model_index.json").is_file():
+        clear_earlier_run(args)
+    elif finished:
         raise FileExistsError(
             f"{args.output_dir} already holds a trained pipeline; pass --overwrite_output_dir to replace it, "
             "--resume_from_checkpoint latest to continue, or choose another --output_dir"
         )
-    if list(args.output_dir.glob(f"checkpoints/{CHECKPOINT_PREFIX}*")):
+    elif list(args.output_dir.glob("checkpoints/checkpoint-*")):
         raise FileExistsError(
             f"{args.output_dir}/checkpoints has checkpoints of an earlier run; pass --resume_from_checkpoint "
             "latest to continue it or --overwrite_output_dir to start over"
         )
 
 
-def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    found = [p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+def clear_earlier_run(args: argparse.Namespace) -> None:
+    """Removes what an earlier run wrote to ``--output_dir`` (pipeline, checkpoints, reports, cached data)."""
+    output = args.output_dir
+    index = output / "model_index.json"
+    components = [k for k, v in json.loads(index.read_text()).items() if isinstance(v, list)] if index.is_file() else []
+    names = [*components, index.name, "checkpoints", "logs", "data", EMBEDDINGS_FILE, RUN_CONFIG_FILE,
+             VALIDATION_FILE, METRICS_FILE, REPORT_FILE, *PICTURES]
+    dataset = Path(args.dataset).resolve()
+    removed = []
+    for name in names:
+        path = output / name
+        if not path.exists() or dataset == path.resolve() or path.resolve() in dataset.parents:
+            continue  # never the --dataset folder itself
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        removed.append(name)
+    if removed:
+        logger.warning(f"--overwrite_output_dir: removed the earlier run's {', '.join(removed)} from {output}")
 
 
 def resolve_checkpoint(args: argparse.Namespace, checkpoint_dir: Path) -> Path | None:
+    """The complete checkpoint to resume from (``latest``: the newest complete one), or ``None``."""
     if not args.resume_from_checkpoint:
         return None
-    if args.resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(checkpoint_dir)
-        if not checkpoints:
-            logger.info(f"no checkpoint in {checkpoint_dir}: starting a new run")
-            return None
-        return checkpoints[-1]
-    path = Path(args.resume_from_checkpoint)
-    if not path.is_dir() or not path.name.startswith(CHECKPOINT_PREFIX):
-        raise FileNotFoundError(f"--resume_from_checkpoint {path} is not a {CHECKPOINT_PREFIX}N folder")
-    return path
+    if args.resume_from_checkpoint != "latest":
+        path = Path(args.resume_from_checkpoint)
+        if path not in list_checkpoints(path.parent):
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {path} is not a complete checkpoint-N folder (checkpoint_complete.json "
+                "is written last: without it, the save was interrupted)"
+            )
+        return path
+    complete, incomplete = list_checkpoints(checkpoint_dir), incomplete_checkpoints(checkpoint_dir)
+    newer = [p.name for p in incomplete if not complete or checkpoint_step(p) > checkpoint_step(complete[-1])]
+    if newer:
+        logger.warning(f"skipping incomplete {', '.join(newer)} in {checkpoint_dir} (a save was interrupted)")
+    if complete:
+        return complete[-1]
+    if incomplete or (args.output_dir / "model_index.json").is_file():
+        what = "a finished pipeline" if not incomplete else f"only incomplete checkpoints ({incomplete[-1].name})"
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint latest: {args.output_dir} holds {what} and no complete checkpoint to resume "
+            "from; pass --overwrite_output_dir (without --resume_from_checkpoint) to retrain from scratch"
+        )
+    logger.info(f"no checkpoint in {checkpoint_dir}: starting a new run")
+    return None
+
+
+# Flags a resumed run may change: where and how often it checkpoints, validates and reports, and when it stops.
+RESUMABLE_FLAGS = {
+    "config", "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "max_train_steps",
+    "checkpointing_steps", "checkpoints_total_limit", "dataloader_num_workers", "validation_steps",
+    "validation_metric", "validation_sampler", "validation_inference_steps", "validation_max_days",
+    "final_evaluation", "final_sampler", "final_inference_steps", "report_to", "push_to_hub", "hub_model_id",
+    "hub_private",
+}
+# Restored from the checkpoint (AdamW state, LR schedule, EMA): a new value would be ignored, so it is refused.
+OPTIMISER_FLAGS = {
+    "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_weight_decay", "max_grad_norm", "ema_decay",
+}
+
+
+def check_resumed_settings(args: argparse.Namespace, checkpoint: Path) -> None:
+    """Refuses to resume with flags that differ from the checkpoint's run, naming each of them."""
+    stored = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
+    current = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    changed = differing_settings(stored, current, ignore=RESUMABLE_FLAGS)
+    if changed:
+        optimiser = "restored from the checkpoint: the new value would be ignored"
+        other = "changes the model, its data or the training it continues"
+        reasons = [f"--{c} ({optimiser if c.split(':')[0] in OPTIMISER_FLAGS else other})" for c in changed]
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint} was trained with other settings ({RUN_CONFIG_FILE} there): "
+            f"{'; '.join(reasons)}. Resume with its values, or start a new run in another --output_dir"
+        )
+    if stored.get("max_train_steps") != args.max_train_steps:
+        logger.warning(f"--max_train_steps {stored.get('max_train_steps')} -> {args.max_train_steps}: "
+                       f"the LR schedule now ends at step {args.max_train_steps}")
+
+
+def check_resumed_data(run_config: dict, checkpoint: Path) -> None:
+    """Refuses to resume on data or a model that differ from the checkpoint's (node split, model config)."""
+    stored = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
+    run_config = json.loads(json.dumps(run_config))  # tuples as the stored lists
+    keys = ("model", "dataset_name", "train_node_ids", "validation_node_ids", "test_node_ids", "num_processes")
+    changed = [key for key in keys if key in stored and stored[key] != run_config[key]]
+    if changed:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: {', '.join(changed)} differ from the run it continues "
+            f"({RUN_CONFIG_FILE} there); the data, the model or the processes changed since. Resume as it ran, or "
+            "start a new run in another --output_dir"
+        )
+    rounding = differing_settings(stored, run_config, ignore=set(run_config) - {"num_threads", "device"})
+    if rounding:
+        logger.warning(
+            f"resuming with {'; '.join(rounding)}: kernels then sum in another order, so the weights match an "
+            "uninterrupted run to float rounding only (about 1e-6), not bit for bit"
+        )
 
 
 def validate(pipe, dataset, args: argparse.Namespace, final: bool = False):
@@ -366,14 +462,18 @@ def main(argv: list[str] | None = None) -> None:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    checkpoint = resolve_checkpoint(args, checkpoint_dir)
+    if checkpoint is not None:
+        check_resumed_settings(args, checkpoint)
     if accelerator.is_main_process:
-        check_output_dir(args)
+        check_output_dir(args, checkpoint)
     accelerator.wait_for_everyone()
     set_seed(args.seed)
 
     dataset = hold_out_validation_nodes(load_dataset(args, accelerator), args.validation_fraction)
     config = model_config(args)
     pipe = build_pipeline(dataset, config)
+    pipe.register_to_config(data_fingerprint=data_fingerprint(dataset.node_table, dataset.kg, dataset.name))
     pipe.set_progress_bar_config(disable=True)
     days, node_rows = training_samples(dataset)  # train nodes only; raises if the splits overlap
     logger.info(
@@ -381,23 +481,24 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(dataset.validation_node_ids)} validation and {len(dataset.test_node_ids)} test nodes held out; "
         f"images {pipe.delay_embedding.image_size}^2"
     )
+    run_config = {
+        **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "model": dataclasses.asdict(config),
+        "dataset_name": dataset.name,
+        "train_node_ids": dataset.train_node_ids,
+        "validation_node_ids": dataset.validation_node_ids,
+        "test_node_ids": dataset.test_node_ids,
+        "num_processes": accelerator.num_processes,
+        "num_threads": torch.get_num_threads(),
+        "device": accelerator.device.type,
+    }
+    if checkpoint is not None:
+        check_resumed_data(run_config, checkpoint)
     if accelerator.is_main_process:
-        (args.output_dir / "training_config.json").write_text(
-            json.dumps(
-                {
-                    **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                    "model": dataclasses.asdict(config),
-                    "dataset_name": dataset.name,
-                    "train_node_ids": dataset.train_node_ids,
-                    "validation_node_ids": dataset.validation_node_ids,
-                    "test_node_ids": dataset.test_node_ids,
-                },
-                indent=2,
-            )
-        )
+        (args.output_dir / RUN_CONFIG_FILE).write_text(json.dumps(run_config, indent=2))
 
-    component_names = [n for n in TRAINED_COMPONENTS if getattr(pipe, n) is not None]
-    modules = [getattr(pipe, n) for n in component_names]
+    component_names = [name for name in TRAINED_COMPONENTS if getattr(pipe, name) is not None]
+    modules = [getattr(pipe, name) for name in component_names]
     trainable = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     loader = torch.utils.data.DataLoader(
@@ -419,17 +520,14 @@ def main(argv: list[str] | None = None) -> None:
     ema = None
     if args.ema_decay > 0:
         ema = EMAModel(trainable, decay=args.ema_decay, use_ema_warmup=True, power=3 / 4)
-        accelerator.register_for_checkpointing(ema)
-
+    # The loss draws its noise and steps from this generator rather than the global RNG, whose stream also
+    # feeds the data loader's worker seeds: a resumed run then draws exactly the noise it would have.
     noise_generator = torch.Generator(device=accelerator.device).manual_seed(args.seed + accelerator.process_index)
-    accelerator.register_for_checkpointing(GeneratorState(noise_generator))
 
     global_step, first_epoch, skip_batches = 0, 0, 0
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    checkpoint = resolve_checkpoint(args, checkpoint_dir)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        global_step = int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
+        global_step = load_checkpoint(accelerator, checkpoint, ema, noise_generator)
         first_epoch = global_step // steps_per_epoch
         skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
         logger.info(f"resumed from {checkpoint} at step {global_step}")
@@ -443,59 +541,72 @@ def main(argv: list[str] | None = None) -> None:
         range(args.max_train_steps), initial=global_step, desc="training", disable=not accelerator.is_local_main_process
     )
     epoch = first_epoch
-    while global_step < args.max_train_steps:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
-        skip_batches = 0
-        for batch_days, batch_rows in batches:
-            with accelerator.accumulate(*modules):
-                out = kgdiff_loss(
-                    trained["unet"],
-                    trained["condition_encoder"],
-                    trained.get("meta_pattern"),
-                    pipe.scheduler,
-                    pipe.delay_embedding,
-                    batch_days,
-                    batch_rows,
-                    meta_pattern_weight=args.meta_pattern_weight,
-                    generator=noise_generator,
-                    donor_prior=trained.get("donor_prior"),
-                )
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            if ema is not None:
-                ema.step(trainable)
-            global_step += 1
-            progress.update(1)
-            logs = {
-                "loss": out.loss.detach().item(),
-                "noise_loss": out.noise_loss.detach().item(),
-                "meta_pattern_loss": out.meta_pattern_loss.detach().item(),
-                "lr": lr_scheduler.get_last_lr()[0],
-            }
-            progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-                save_checkpoint(accelerator, args, checkpoint_dir, global_step)
-            if global_step % args.validation_steps == 0:
-                run_validation(accelerator, pipe, dataset, args, ema, trainable, global_step, history)
-            if global_step >= args.max_train_steps:
-                break
-        epoch += 1
-    progress.close()
+    try:
+        while global_step < args.max_train_steps:
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+            skip_batches = 0
+            for batch_days, batch_rows in batches:
+                with accelerator.accumulate(*modules):
+                    out = kgdiff_loss(
+                        trained["unet"],
+                        trained["condition_encoder"],
+                        trained.get("meta_pattern"),
+                        pipe.scheduler,
+                        pipe.delay_embedding,
+                        batch_days,
+                        batch_rows,
+                        meta_pattern_weight=args.meta_pattern_weight,
+                        generator=noise_generator,
+                        donor_prior=trained.get("donor_prior"),
+                    )
+                    check_finite_loss(accelerator, out.loss, batch_days, batch_rows, dataset, global_step + 1)
+                    accelerator.backward(out.loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                        if not torch.isfinite(grad_norm):
+                            raise TrainingDiverged(
+                                f"non-finite gradient norm ({grad_norm.item()}) at step {global_step + 1}: "
+                                + describe_batch(batch_days, batch_rows, dataset)
+                            )
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                if ema is not None:
+                    ema.step(trainable)
+                global_step += 1
+                progress.update(1)
+                logs = {
+                    "loss": out.loss.detach().item(),
+                    "noise_loss": out.noise_loss.detach().item(),
+                    "meta_pattern_loss": out.meta_pattern_loss.detach().item(),
+                    "lr": lr_scheduler.get_last_lr()[0],
+                }
+                progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                accelerator.log(logs, step=global_step)
+                if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+                    check_finite_weights(modules, global_step)
+                    save_checkpoint(
+                        accelerator, checkpoint_dir, global_step, ema, noise_generator, run_config,
+                        args.checkpoints_total_limit,
+                    )
+                if global_step % args.validation_steps == 0:
+                    run_validation(accelerator, pipe, dataset, args, ema, trainable, global_step, history)
+                if global_step >= args.max_train_steps:
+                    break
+            epoch += 1
+    finally:
+        progress.close()
 
     accelerator.wait_for_everyone()
-    load_best_checkpoint(accelerator, args, checkpoint_dir)
+    load_best_checkpoint(accelerator, args, checkpoint_dir, ema, noise_generator)
     if accelerator.is_main_process:
         if ema is not None:
             ema.copy_to(trainable)
+        check_finite_weights(modules, global_step)
         for name, module in zip(component_names, modules):
             setattr(pipe, name, accelerator.unwrap_model(module))
         blend = choose_prior_blend(pipe, dataset)
@@ -515,13 +626,43 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.end_training()
 
 
-def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, checkpoint_dir: Path, step: int) -> None:
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        existing = list_checkpoints(checkpoint_dir)
-        for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"))
+def check_finite_loss(accelerator: Accelerator, loss, batch_days, batch_rows, dataset, step: int) -> None:
+    """Stops every process at the first non-finite loss, before it reaches the weights."""
+    finite = bool(torch.isfinite(loss.detach()))
+    failed = accelerator.reduce(torch.tensor([0.0 if finite else 1.0], device=accelerator.device), "sum")
+    if failed.item() == 0:
+        return
+    if finite:
+        raise TrainingDiverged(f"step {step}: another process hit a non-finite loss (its message names the batch)")
+    raise TrainingDiverged(
+        f"non-finite loss ({loss.item()}) at step {step}; nothing of this step was applied or saved: "
+        + describe_batch(batch_days, batch_rows, dataset)
+    )
+
+
+def describe_batch(batch_days: torch.Tensor, batch_rows: torch.Tensor, dataset) -> str:
+    """The (node id, date) of each day in a batch."""
+    rows = batch_rows.cpu().numpy()
+    values = batch_days.detach().cpu().numpy()  # (B, D, T) normalised
+    candidates = ((dataset.days[rows] - dataset.feature_mean) / dataset.feature_std).transpose(0, 1, 3, 2)
+    labels = []
+    for i, row in enumerate(rows):
+        matches = [
+            d
+            for d in np.flatnonzero(dataset.day_mask[row])
+            if np.allclose(candidates[i, d], values[i], rtol=1e-5, atol=1e-6)
+        ]
+        labels.append(f"{dataset.node_ids[row]}@{dataset.dates[matches[0]] if matches else '?'}")
+    return (
+        f"its {len(labels)} training days (node@date): {', '.join(labels)}. "
+        "Lower --learning_rate or check these days; earlier checkpoints are intact"
+    )
+
+
+def check_finite_weights(modules, step: int) -> None:
+    bad = [name for module in modules for name, p in module.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingDiverged(f"non-finite weights after step {step} ({', '.join(bad[:3])}); nothing was saved")
 
 
 def hold_out_validation_nodes(dataset: PreparedDataset, validation_fraction: float) -> PreparedDataset:
@@ -557,7 +698,7 @@ def best_validation(history: list[dict], metric: str) -> dict | None:
     return min(scored, key=lambda entry: entry["metrics"][metric], default=None)
 
 
-def load_best_checkpoint(accelerator, args: argparse.Namespace, checkpoint_dir: Path) -> None:
+def load_best_checkpoint(accelerator, args: argparse.Namespace, checkpoint_dir: Path, ema, noise_generator) -> None:
     """With ``--final_weights best``: restores the training state (EMA included) of the best validation step.
 
     Every process reads the best step from ``validation.json`` (written by the main process).
@@ -566,13 +707,13 @@ def load_best_checkpoint(accelerator, args: argparse.Namespace, checkpoint_dir: 
         return
     path = args.output_dir / VALIDATION_FILE
     best_step = json.loads(path.read_text())["best_step"] if path.is_file() else None
-    checkpoint = None if best_step is None else checkpoint_dir / f"{CHECKPOINT_PREFIX}{best_step}"
-    if checkpoint is None or not checkpoint.is_dir():
-        missing = "no validation score" if checkpoint is None else f"{checkpoint} is gone"
+    checkpoint = None if best_step is None else checkpoint_dir / f"checkpoint-{best_step}"
+    if checkpoint is None or checkpoint not in list_checkpoints(checkpoint_dir):
+        missing = "no validation score" if checkpoint is None else f"{checkpoint} is gone (or incomplete)"
         logger.warning(f"--final_weights best: {missing}; saving the last weights (keep more checkpoints with "
                        "--checkpoints_total_limit)")
         return
-    accelerator.load_state(str(checkpoint))
+    load_checkpoint(accelerator, checkpoint, ema, noise_generator)
     logger.info(f"--final_weights best: the weights of step {best_step} (best {args.validation_metric} on the "
                 f"validation nodes), from {checkpoint}")
 
@@ -613,6 +754,6 @@ def run_validation(accelerator, pipe, dataset, args, ema, trainable, step: int, 
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -251,6 +251,8 @@ def test_unknown_geometry_form_is_an_error():
     with pytest.raises(ValueError, match="expert_summaries belongs to geometry_form='translated'"):
         encoder = random_encoder()
         encoder.expert_summaries(encoder.edge_node, encoder.edge_relation, encoder.edge_neighbor, 7)
+    with pytest.raises(ValueError, match="edge_messages belongs to geometry_form='as_published'"):
+        random_encoder(geometry_form="translated").edge_messages(torch.arange(2), torch.arange(2))
 
 
 def summaries_of(encoder):

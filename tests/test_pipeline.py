@@ -125,7 +125,95 @@ def test_sample_prediction_reaches_the_predicted_day_with_every_sampler(sampler)
     pipe.scheduler = make_sampler(sampler, {**pipe.scheduler.config, "prediction_type": "sample"})
     target_series = torch.randn(1, 1, 48, generator=torch.Generator().manual_seed(5))
     target_image = pipe.delay_embedding.to_image(target_series)
-    pipe._predict_noise = lambda sample, t, condition, meta_image, batch_size: target_image.expand_as(sample)
+    pipe._predict_noise = lambda sample, t, condition, meta_image: target_image.expand_as(sample)
     out = generate(pipe, node_ids=["node2"], num_samples=2, num_inference_steps=10)
     expected = (target_series[0, 0] * 10.0 + 50.0).numpy()  # the tiny pipeline's mean 50, std 10
     np.testing.assert_allclose(out.series[0, :, :, 0], np.stack([expected, expected]), atol=1e-3)
+
+
+def test_from_pretrained_refuses_non_finite_weights_naming_the_component(tiny_pipeline, tmp_path):
+    with torch.no_grad():
+        next(tiny_pipeline.meta_pattern.parameters())[0] = float("nan")
+    tiny_pipeline.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"non-finite \(NaN/inf\) weights in meta_pattern \(1 of"):
+        KGDiffPipeline.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"generator": 0}, "generator must be a torch.Generator.*got int"),
+        ({"generator": np.random.default_rng(0)}, "generator must be a torch.Generator.*got Generator"),
+        ({"generator": [torch.Generator(), 3]}, "got int"),
+        ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+        ({"batch_size": -4}, "batch_size must be an int >= 1, got -4"),
+        ({"num_samples": True}, "num_samples must be an int >= 1, got True"),
+        ({"num_inference_steps": 0}, r"num_inference_steps must be an int in \[1, 50\]"),
+        ({"num_inference_steps": 2.5}, r"num_inference_steps must be an int in \[1, 50\]"),
+        ({"num_inference_steps": 51}, r"num_inference_steps must be an int in \[1, 50\]"),
+    ],
+)
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++", "unipc"])
+def test_bad_arguments_raise_value_errors(tiny_pipeline, sampler, kwargs, message):
+    tiny_pipeline.scheduler = make_sampler(sampler, tiny_pipeline.scheduler.config)
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline(node_ids=["node1"], **kwargs)
+
+
+def test_a_new_node_cannot_take_the_id_of_a_known_node(tiny_pipeline):
+    with pytest.raises(ValueError, match=r"new_nodes \['node2'\] have the ids of nodes the pipeline knows"):
+        tiny_pipeline(new_nodes={"node2": [("R1", "E30")]}, num_inference_steps=2)
+
+
+def test_many_samples_stream_in_batch_size_chunks_with_results_independent_of_batch_size(tiny_pipeline):
+    """Denoiser calls see at most batch_size days, and one generator gives the same days for any batch_size."""
+    sizes = []
+    predict = tiny_pipeline._predict_noise
+    tiny_pipeline._predict_noise = lambda sample, *args: sizes.append(len(sample)) or predict(sample, *args)
+    small = generate(tiny_pipeline, node_ids=["node0", "node3"], num_samples=5, num_inference_steps=3, batch_size=4)
+    assert max(sizes) == 4 and len(sizes) == 3 * 3  # 10 days in chunks of 4, 4, 2; 3 steps each
+    large = generate(tiny_pipeline, node_ids=["node0", "node3"], num_samples=5, num_inference_steps=3)
+    np.testing.assert_allclose(small.series, large.series, rtol=1e-5, atol=1e-4)
+    assert small.series.shape == (2, 5, 48, 1) and len(np.unique(small.series[:, :, 0, 0])) == 10
+
+
+def test_pickled_weights_only_are_refused_on_load(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path, safe_serialization=False)
+    with pytest.raises(FileNotFoundError, match="no file named diffusion_pytorch_model.safetensors.*no pickle"):
+        KGDiffPipeline.from_pretrained(tmp_path)
+    reloaded = KGDiffPipeline.from_pretrained(tmp_path, use_safetensors=False)  # explicitly allowed
+    assert reloaded.config.node_ids == tiny_pipeline.config.node_ids
+
+
+def edit_json(path, **changes):
+    import json
+
+    config = json.loads(path.read_text())
+    config.update({key: change(config[key]) for key, change in changes.items()})
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("file", "changes"),
+    [
+        ("scheduler/scheduler_config.json", {"prediction_type": lambda _: "sample"}),
+        ("scheduler/scheduler_config.json", {"num_train_timesteps": lambda _: 1000}),
+        ("model_index.json", {"node_ids": lambda ids: ids[::-1]}),
+        ("model_index.json", {"feature_mean": lambda mean: [m + 1 for m in mean]}),
+        ("unet/config.json", {"condition_dim": lambda _: 16}),  # the same value: not an edit
+    ],
+)
+def test_edited_configs_that_change_results_fail_to_load(tiny_pipeline, tmp_path, file, changes):
+    tiny_pipeline.save_pretrained(tmp_path)
+    edit_json(tmp_path / file, **changes)
+    if file == "unet/config.json":
+        KGDiffPipeline.from_pretrained(tmp_path)
+        return
+    with pytest.raises(ValueError, match=f"{file} changed after save_pretrained"):
+        KGDiffPipeline.from_pretrained(tmp_path)
+
+
+def test_a_sampler_changed_in_python_and_saved_again_loads(tiny_pipeline, tmp_path):
+    tiny_pipeline.scheduler = make_sampler("ddim", tiny_pipeline.scheduler.config)
+    tiny_pipeline.save_pretrained(tmp_path)
+    assert type(KGDiffPipeline.from_pretrained(tmp_path).scheduler).__name__ == "DDIMScheduler"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.data.prepared import prepare_dataset
@@ -77,9 +78,8 @@ def test_training_writes_a_validation_history_on_validation_nodes(train, tmp_pat
     saved = [p.detach() for p in unet.parameters()]
 
     def ema_weights(step):
-        state = torch.load(output / "checkpoints" / f"checkpoint-{step}" / "custom_checkpoint_0.pkl",
-                           weights_only=False)
-        return state["shadow_params"][: len(saved)]
+        state = load_file(output / "checkpoints" / f"checkpoint-{step}" / "ema.safetensors")
+        return [state[f"shadow.{i}"] for i in range(len(saved))]
 
     best, other = validation["best_step"], 6 - validation["best_step"]
     assert all(torch.equal(a, b) for a, b in zip(saved, ema_weights(best)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -10,15 +11,18 @@ import numpy as np
 import pandas as pd
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..delay_embedding import DelayEmbedding
+from ..fingerprint import config_digest
 from ..models.condition_encoder import KGConditionEncoder
 from ..models.donor_prior import KGDiffDonorPrior
 from ..models.meta_pattern import KGDiffMetaPattern
 from ..models.unet_kgdiff import KGDiffUNet2DModel
 from ..schedulers.scheduling_kgdiff import KGDiffScheduler
+
+logger = logging.get_logger(__name__)
 
 NewNodes = Mapping[str, Sequence[tuple[str, str]]]
 
@@ -74,6 +78,9 @@ class KGDiffPipeline(DiffusionPipeline):
             days are clipped there; ``None`` for data with negative values.
         prior_blend: ``(D,)`` weight ``b`` of the donor prior in ``f = b f_donors + (1 - b) meta_pattern(phi)``
             when both exist (chosen on validation nodes by training; ``None`` means 1: donors only).
+        data_fingerprint: :func:`~kgdiff_diffusers.fingerprint.data_fingerprint` of the training data.
+        config_sha256: ``{"model_index" | component: digest}`` of every config, written by
+            :meth:`save_pretrained` and checked by :meth:`from_pretrained`.
     """
 
     model_cpu_offload_seq = "condition_encoder->meta_pattern->donor_prior->unet"
@@ -96,6 +103,8 @@ class KGDiffPipeline(DiffusionPipeline):
         interval_minutes: int = 30,
         entity_names: list[str] | None = None,
         relation_names: list[str] | None = None,
+        data_fingerprint: dict | None = None,
+        config_sha256: dict | None = None,
         output_min: list[float | None] | None = None,
         prior_blend: list[float] | None = None,
     ):
@@ -156,10 +165,90 @@ class KGDiffPipeline(DiffusionPipeline):
             interval_minutes=interval_minutes,
             entity_names=entity_names,
             relation_names=relation_names,
+            data_fingerprint=data_fingerprint,
+            config_sha256=config_sha256,
             output_min=None if output_min is None else [None if m is None else float(m) for m in output_min],
             prior_blend=None if prior_blend is None else [float(b) for b in prior_blend],
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> KGDiffPipeline:
+        """``DiffusionPipeline.from_pretrained`` of safetensors weights only, so loading runs no pickle.
+
+        A folder with pickled ``.bin`` weights only is refused unless ``use_safetensors=False`` is passed
+        (diffusers then reads them with ``torch.load(weights_only=True)``). A pipeline whose weights are not
+        all finite is refused too (:meth:`check_finite_weights`).
+        """
+        kwargs.setdefault("use_safetensors", True)
+        try:
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except OSError as err:
+            if not kwargs["use_safetensors"] or ".safetensors" not in str(err):
+                raise
+            raise FileNotFoundError(
+                f"{pretrained_model_name_or_path}: {str(err).removeprefix('Error ')} KGDiffPipeline loads "
+                "safetensors weights only (no pickle); re-save the pipeline with save_pretrained() where you trust "
+                "it, or pass use_safetensors=False to read pickled weights"
+            ) from None
+        pipe.check_config_digests(source=str(pretrained_model_name_or_path))
+        pipe.check_finite_weights(source=str(pretrained_model_name_or_path))
+        return pipe
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """``DiffusionPipeline.save_pretrained``, recording a digest of every config in ``model_index.json``."""
+        self.register_to_config(config_sha256=self._config_digests())
+        super().save_pretrained(save_directory, **kwargs)
+
+    def _config_digests(self) -> dict[str, str]:
+        """``{"model_index": digest of the pipeline's own entries, <component>: digest of its config}``."""
+        own = {k: v for k, v in self.config.items() if k not in self.components and k != "config_sha256"}
+        digests = {"model_index": config_digest(own)}
+        for name, component in self.components.items():
+            if component is not None:
+                digests[name] = config_digest(component.config)
+        return digests
+
+    def check_config_digests(self, source: str = "pipeline") -> None:
+        """``ValueError`` naming the config files edited since :meth:`save_pretrained` wrote them.
+
+        Components are trained together: an edit such as ``prediction_type`` or ``num_train_timesteps`` of
+        the scheduler, or a reordered ``node_ids``, makes them disagree and silently changes the output.
+        """
+        recorded = self.config.get("config_sha256")
+        if recorded is None:
+            logger.warning(f"{source} was saved without config digests (an older version): edits are not detected")
+            return
+        actual = self._config_digests()
+        edited = sorted(name for name in set(recorded) | set(actual) if recorded.get(name) != actual.get(name))
+        if edited:
+            config_file = {name: getattr(c, "config_name", "config.json") for name, c in self.components.items()}
+            files = [
+                "model_index.json" if name == "model_index" else f"{name}/{config_file.get(name, 'config.json')}"
+                for name in edited
+            ]
+            raise ValueError(
+                f"{source}: {', '.join(files)} changed after save_pretrained (they no longer match the digests in "
+                "model_index.json); the components were trained together, and such edits (prediction_type, "
+                "num_train_timesteps, the order of node_ids, ...) make them disagree. Restore the saved files, "
+                "or change the pipeline in Python and save_pretrained it again"
+            )
+
+    def check_finite_weights(self, source: str = "pipeline") -> None:
+        """``ValueError`` naming every component (and its first tensors) that holds NaN or infinite values."""
+        problems = []
+        for name, component in self.components.items():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            tensors = [*component.named_parameters(), *component.named_buffers()]
+            bad = [key for key, tensor in tensors if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+            if bad:
+                problems.append(f"{name} ({len(bad)} of {len(tensors)} tensors, e.g. {', '.join(bad[:3])})")
+        if problems:
+            raise ValueError(
+                f"{source}: non-finite (NaN/inf) weights in {'; '.join(problems)}: it was saved from a diverged "
+                "training run and would generate NaN; retrain it"
+            )
 
     def node_rows(self, node_ids: Sequence[str | int]) -> list[int]:
         """Encoder rows of ``node_ids``; ``ValueError`` naming the ids the pipeline does not know."""
@@ -248,12 +337,6 @@ class KGDiffPipeline(DiffusionPipeline):
             parts.append(prior(candidates=(index, features, log_degree)))
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    def _to_data_units(self, normalised: torch.Tensor) -> torch.Tensor:
-        """``(..., D, T)`` normalised -> ``(..., T, D)`` data units."""
-        mean = torch.tensor(self.config.feature_mean, device=normalised.device).unsqueeze(-1)
-        std = torch.tensor(self.config.feature_std, device=normalised.device).unsqueeze(-1)
-        return (normalised * std + mean).transpose(-1, -2)
-
     def _clip_to_range(self, series: torch.Tensor) -> torch.Tensor:
         """``(..., D)`` data units, each feature clipped below at ``output_min`` where one is set."""
         if self.config.output_min is None:
@@ -263,23 +346,109 @@ class KGDiffPipeline(DiffusionPipeline):
         )
         return torch.maximum(series, lower.to(series.dtype))
 
-    def _predict_noise(
+    def _to_data_units(self, normalised: torch.Tensor) -> torch.Tensor:
+        """``(..., D, T)`` normalised -> ``(..., T, D)`` data units."""
+        mean = torch.tensor(self.config.feature_mean, device=normalised.device).unsqueeze(-1)
+        std = torch.tensor(self.config.feature_std, device=normalised.device).unsqueeze(-1)
+        return (normalised * std + mean).transpose(-1, -2)
+
+    def _check_arguments(
+        self, node_ids: list, new_nodes: dict, num_samples, num_inference_steps, generator, output_type, batch_size
+    ) -> None:
+        """``ValueError`` naming the first argument of :meth:`__call__` that is unusable."""
+        if not node_ids and not new_nodes:
+            raise ValueError("give node_ids and/or new_nodes")
+        for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        max_steps = self.scheduler.config.num_train_timesteps
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, (int, np.integer))
+            or not 1 <= num_inference_steps <= max_steps
+        ):
+            raise ValueError(
+                f"num_inference_steps must be an int in [1, {max_steps}] (the scheduler's training steps), "
+                f"got {num_inference_steps!r}"
+            )
+        generators = generator if isinstance(generator, list) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+            bad = next(g for g in generators if not isinstance(g, torch.Generator))
+            raise ValueError(
+                f"generator must be a torch.Generator, a list of them (one per day) or None, got "
+                f"{type(bad).__name__}; for a seed use torch.Generator().manual_seed(seed)"
+            )
+        if output_type not in ("np", "pt", "pd"):
+            raise ValueError(f"output_type must be 'np', 'pt' or 'pd', got {output_type!r}")
+        overlap = {str(n) for n in node_ids} & set(new_nodes)
+        if overlap:
+            raise ValueError(f"{sorted(overlap)[:5]} appear both in node_ids and new_nodes")
+        taken = sorted(set(map(str, new_nodes)) & set(self._row_of_node))
+        if taken:
+            raise ValueError(
+                f"new_nodes {taken[:5]} have the ids of nodes the pipeline knows (pipe.config.node_ids); "
+                "give new places other names"
+            )
+        batch = (len(node_ids) + len(new_nodes)) * num_samples
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} days (nodes x num_samples)")
+
+    @staticmethod
+    def _chunk_generators(generator, batch: int, batch_size: int):
+        """Per chunk of ``batch_size`` days: ``None``, or the list of the chunk's generators.
+
+        One ``torch.Generator`` seeds one stream per day (from a single draw of it), so the days do not
+        depend on ``batch_size``.
+        """
+        if generator is None:
+            return [None] * math.ceil(batch / batch_size)
+        if isinstance(generator, torch.Generator):
+            base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            seeds = np.random.SeedSequence(base).generate_state(batch, dtype=np.uint64).tolist()
+            return (
+                [torch.Generator(device=generator.device).manual_seed(seed) for seed in seeds[i : i + batch_size]]
+                for i in range(0, batch, batch_size)
+            )
+        return [generator[start : start + batch_size] for start in range(0, batch, batch_size)]
+
+    def _sample_chunk(
         self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
         condition: torch.Tensor,
         meta_image: torch.Tensor,
-        batch_size: int,
+        num_inference_steps: int,
+        generator,
+        drift: torch.Tensor,
     ) -> torch.Tensor:
-        chunks = range(0, len(sample), batch_size)
-        return torch.cat(
-            [
-                self.unet(
-                    sample[i : i + batch_size], timestep, condition[i : i + batch_size], meta_image[i : i + batch_size]
-                ).sample
-                for i in chunks
-            ]
-        )
+        """The full denoising loop for one chunk: ``(B, D, V, V)`` images from ``condition`` ``(B, C)``.
+
+        ``meta_image`` is the denoiser's ``f`` input; the process drifts towards ``drift`` (``f`` for the
+        paper's shifted DDPM, 0 for the residual model, whose images are ``Y = (X - f) / s``).
+        """
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)  # also resets multistep state
+        shifted = isinstance(self.scheduler, KGDiffScheduler)
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
+        shape = meta_image.shape
+        if shifted:
+            sample = self.scheduler.initial_sample(shape, drift, generator=generator, device=self.device)
+        else:  # plain diffusers sampler on the residual Y = X - f (plain DDPM in Y)
+            sample = randn_tensor(shape, generator=generator, device=self.device) * self.scheduler.init_noise_sigma
+        for t in self.scheduler.timesteps:
+            if shifted:
+                noise = self._predict_noise(sample, t, condition, meta_image)
+                sample = self.scheduler.step(noise, t, sample, meta_pattern=drift, generator=generator).prev_sample
+            else:
+                model_input = self.scheduler.scale_model_input(sample, t) + drift
+                prediction = self._predict_noise(model_input, t, condition, meta_image)
+                if self.scheduler.config.prediction_type == "sample":  # X_0 -> Y_0 = X_0 - f
+                    prediction = prediction - drift
+                sample = self.scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
+        return sample if shifted else sample + drift
+
+    def _predict_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor, meta_image: torch.Tensor
+    ) -> torch.Tensor:
+        return self.unet(sample, timestep, condition, meta_image).sample
 
     @torch.no_grad()
     def __call__(
@@ -298,14 +467,15 @@ class KGDiffPipeline(DiffusionPipeline):
 
         Args:
             node_ids: ids of nodes the pipeline was trained with (``pipe.config.node_ids``).
-            num_samples: days per node (``>= 1``).
-            num_inference_steps: denoising steps (at most the scheduler's training steps).
-            generator: one ``torch.Generator``, or one per generated day (``nodes * num_samples``, node-major).
+            num_samples: days per node (``>= 1``); any number: days are generated ``batch_size`` at a time.
+            num_inference_steps: denoising steps, ``1 <= num_inference_steps <= num_train_timesteps``.
+            generator: one ``torch.Generator`` (one draw of it seeds a stream per day, so results do not
+                depend on ``batch_size``), or one per generated day (``nodes * num_samples``, node-major).
             new_nodes: places without data, ``{node_id: [(relation_name, entity_name), ...]}``; their
                 condition comes from these KG neighbours alone.
             output_type: ``"np"``, ``"pt"`` or ``"pd"``.
             return_dict: return a :class:`KGDiffPipelineOutput` instead of a tuple.
-            batch_size: images per denoiser call; all nodes and samples share each scheduler step.
+            batch_size: days denoised together (per denoiser call); bounds the memory of the sampling loop.
             new_node_locations: ``{new_node_id: (lat, lon)}``, used by the donor prior to find the
                 geographically nearest training nodes (optional).
 
@@ -316,19 +486,11 @@ class KGDiffPipeline(DiffusionPipeline):
             raise TypeError(f"node_ids must be a list of node ids, got the string {node_ids!r}; use [{node_ids!r}]")
         node_ids = [] if node_ids is None else list(node_ids)
         new_nodes = dict(new_nodes or {})
-        if not node_ids and not new_nodes:
-            raise ValueError("give node_ids and/or new_nodes")
-        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-        if output_type not in ("np", "pt", "pd"):
-            raise ValueError(f"output_type must be 'np', 'pt' or 'pd', got {output_type!r}")
-        overlap = {str(n) for n in node_ids} & set(new_nodes)
-        if overlap:
-            raise ValueError(f"{sorted(overlap)[:5]} appear both in node_ids and new_nodes")
+        self._check_arguments(
+            node_ids, new_nodes, num_samples, num_inference_steps, generator, output_type, batch_size
+        )
         all_ids = [str(n) for n in node_ids] + list(new_nodes)
         batch = len(all_ids) * num_samples
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for {batch} days (nodes x num_samples)")
 
         phi = self.condition(node_ids, new_nodes)
         emb = self.delay_embedding
@@ -336,44 +498,33 @@ class KGDiffPipeline(DiffusionPipeline):
         residual_scale = None
         if self.donor_prior is not None:
             meta_series, residual_scale = self.prior(node_ids, new_nodes, new_node_locations)
+            residual_scale = residual_scale[..., None, None]
             if self.meta_pattern is not None and self.config.prior_blend is not None:
                 blend = torch.tensor(self.config.prior_blend, device=self.device)[:, None]
                 meta_series = blend * meta_series + (1 - blend) * self.meta_pattern(phi)
-            residual_scale = residual_scale.repeat_interleave(num_samples, dim=0)[..., None, None]
         elif self.meta_pattern is not None:
             meta_series = self.meta_pattern(phi)
         else:
             meta_series = torch.zeros(len(all_ids), num_features, emb.seq_len, device=self.device)
-        meta_image = emb.to_image(meta_series).repeat_interleave(num_samples, dim=0)
-        # The residual model samples Y = (X - f) / s as plain DDPM: the scheduler drifts towards 0, not f.
-        drift = meta_image if residual_scale is None else torch.zeros_like(meta_image)
-        condition = phi.repeat_interleave(num_samples, dim=0)
-        shape = (batch, num_features, emb.image_size, emb.image_size)
-
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        shifted = isinstance(self.scheduler, KGDiffScheduler)
-        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {"generator": generator} if takes_generator else {}
-        if shifted:
-            sample = self.scheduler.initial_sample(shape, drift, generator=generator, device=self.device)
-        else:  # plain diffusers sampler on the residual Y = X - f (plain DDPM in Y)
-            sample = randn_tensor(shape, generator=generator, device=self.device) * self.scheduler.init_noise_sigma
-        for t in self.progress_bar(self.scheduler.timesteps):
-            if shifted:
-                noise = self._predict_noise(sample, t, condition, meta_image, batch_size)
-                sample = self.scheduler.step(noise, t, sample, meta_pattern=drift, generator=generator).prev_sample
-            else:
-                model_input = self.scheduler.scale_model_input(sample, t) + drift
-                prediction = self._predict_noise(model_input, t, condition, meta_image, batch_size)
-                if self.scheduler.config.prediction_type == "sample":  # X_0 -> Y_0 = X_0 - f
-                    prediction = prediction - drift
-                sample = self.scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
-        if not shifted:
-            sample = sample + drift
-        if residual_scale is not None:
-            sample = meta_image + residual_scale * sample
-
-        series = self._clip_to_range(self._to_data_units(emb.to_series(sample)))
+        meta_images = emb.to_image(meta_series)
+        # The residual model samples Y = (X - f) / s as plain DDPM: its process drifts towards 0, not f.
+        drifts = meta_images if residual_scale is None else torch.zeros_like(meta_images)
+        # Days stream through in chunks of batch_size, so memory stays bounded for any num_samples.
+        series = torch.empty(
+            batch, emb.seq_len, num_features, device=self.device if output_type == "pt" else "cpu"
+        )
+        chunks = self._chunk_generators(generator, batch, batch_size)
+        with self.progress_bar(total=math.ceil(batch / batch_size) * num_inference_steps) as progress:
+            for start, chunk_generator in zip(range(0, batch, batch_size), chunks):
+                nodes = torch.arange(start, min(start + batch_size, batch), device=self.device) // num_samples
+                images = self._sample_chunk(
+                    phi[nodes], meta_images[nodes], num_inference_steps, chunk_generator, drifts[nodes]
+                )
+                if residual_scale is not None:
+                    images = meta_images[nodes] + residual_scale[nodes] * images
+                days = self._clip_to_range(self._to_data_units(emb.to_series(images)))
+                series[start : start + len(nodes)] = days.to(series.device)
+                progress.update(num_inference_steps)
         series = series.reshape(len(all_ids), num_samples, emb.seq_len, num_features)
         meta = self._clip_to_range(self._to_data_units(meta_series))
         if output_type == "np":
