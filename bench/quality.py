@@ -684,6 +684,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "validation_fraction": args.validation_fraction,
         "num_folds": args.num_folds,
+        "code_version_at_start": args.code_version,
         "mmd_bandwidth": MMD_BANDWIDTH_NOTE,
         "command": " ".join(["python", "bench/quality.py", *(sys.argv[1:] if argv is None else argv)]),
         "prepare_commands": prepare_commands,
