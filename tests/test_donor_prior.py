@@ -122,6 +122,8 @@ def test_paper_configuration_pipeline_without_the_component_still_loads(city, tm
     pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, use_donor_prior=False))
     assert pipe.donor_prior is None and pipe.meta_pattern is not None
     assert choose_prior_blend(pipe, city) is None
+    with pytest.raises(ValueError, match="no donor prior"):
+        pipe.prior([city.node_ids[0]])
     pipe.save_pretrained(tmp_path)
     reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
     assert reloaded.donor_prior is None and reloaded.meta_pattern is not None

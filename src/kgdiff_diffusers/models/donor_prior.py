@@ -291,7 +291,7 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         self,
         node_rows: torch.Tensor | None = None,
         candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The prior of indexed nodes (``node_rows``) or of new places (``candidates``).
 
         Args:

@@ -317,6 +317,8 @@ class KGDiffPipeline(DiffusionPipeline):
         where given, their ``(lat, lon)`` in ``new_node_locations`` (without one, KG-similar donors only).
         """
         prior = self.donor_prior
+        if prior is None:
+            raise ValueError("this pipeline has no donor prior (the paper's configuration): its f is meta_pattern(phi)")
         parts = []
         if len(node_ids):
             rows = torch.tensor(self.node_rows(node_ids), dtype=torch.long, device=self.device)
