@@ -91,6 +91,8 @@ def test_a_new_place_like_a_test_node_gets_that_nodes_prior(city):
     assert torch.isfinite(kg_only).all()
     with pytest.raises(ValueError, match="not in new_nodes"):
         pipe.prior(new_nodes={"planned": edges}, new_node_locations={"other": (lat, lon)})
+    with pytest.raises(ValueError, match="in degrees"):
+        pipe.prior(new_nodes={"planned": edges}, new_node_locations={"planned": (lon, lat)})
 
 
 def test_residual_pipeline_is_never_negative_on_counts_and_reloads_bit_identical(city, tmp_path):

@@ -333,6 +333,9 @@ class KGDiffPipeline(DiffusionPipeline):
                 dtype=torch.float32,
                 device=self.device,
             )
+            known = torch.isfinite(coords).all(dim=1)
+            if (coords[known, 0].abs() > 90).any() or (coords[known, 1].abs() > 180).any():
+                raise ValueError(f"new_node_locations must be (lat, lon) in degrees, got {locations}")
             edge_node, edge_relation, edge_neighbor = (e.to(self.device) for e in self.new_node_edges(new_nodes))
             index, features = prior.candidates_for(coords, edge_node, edge_neighbor, len(new_nodes))
             log_degree = prior.log_degree_of(edge_node, edge_relation, len(new_nodes))
