@@ -131,6 +131,8 @@ VARIANTS = {
     MODEL_NAME: (),
     # The paper's configuration: f from the meta-pattern MLP alone, no donor prior, no residual scaling.
     "paper configuration": ("--no_donor_prior",),
+    # Sampling from pure noise instead of from noised donor days (the default's choice on validation nodes).
+    "KGDiff (from noise)": ("--num_bank_days", "0"),
     # The donor prior with weights learnt leave-one-out instead of uniform ones.
     "KGDiff (learned donor weights)": ("--donor_weighting", "learned"),
     # The paper's Table 3 ablations (run when named in --variants).

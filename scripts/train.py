@@ -76,6 +76,7 @@ from kgdiff_diffusers.models.donor_prior import DONOR_WEIGHTINGS
 from kgdiff_diffusers.training import (
     KGDiffModelConfig,
     build_pipeline,
+    choose_donor_day_start,
     choose_prior_blend,
     kgdiff_loss,
     training_samples,
@@ -139,6 +140,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--num_donors", type=int, help="donor prior: candidates per source (geography, KG); default 8")
     model.add_argument(
         "--donor_weighting", choices=DONOR_WEIGHTINGS, help="donor prior: 'uniform' (default) or 'learned' weights"
+    )
+    model.add_argument(
+        "--num_bank_days", type=int,
+        help="donor prior: real days stored per donor, from which sampling starts (default 32; 0: from noise)",
     )
     ablation = parser.add_argument_group("ablations (paper Table 3)")
     for name, text in (
@@ -227,6 +232,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.final_weights == "best" and args.validation_steps % args.checkpointing_steps:
         parser.error("--final_weights best needs a checkpoint at every validation step: --checkpointing_steps must "
                      f"divide --validation_steps ({args.checkpointing_steps} does not divide {args.validation_steps})")
+    if args.num_bank_days is not None and args.num_bank_days < 0:
+        parser.error(f"--num_bank_days must be >= 0, got {args.num_bank_days}")
     if not 0.0 <= args.validation_fraction < 1.0:
         parser.error(f"--validation_fraction must be in [0, 1), got {args.validation_fraction}")
     if not args.learning_rate > 0:
@@ -612,6 +619,12 @@ def main(argv: list[str] | None = None) -> None:
         blend = choose_prior_blend(pipe, dataset)
         if blend is not None:
             logger.info(f"donor-prior blend chosen on the validation nodes: {blend} (1 = donors only, 0 = f(phi))")
+        start = choose_donor_day_start(pipe, dataset, args.validation_inference_steps, args.validation_sampler)
+        if start is not None:
+            logger.info(
+                f"sampling starts from donor days rescaled with exponent {start['level_exponent']:g}, noised to "
+                f"strength {start['start_strength']:g} (1 = from noise); validation CRPS {start['validation_crps']}"
+            )
         pipe.save_pretrained(args.output_dir)
         logger.info(f"saved the pipeline (EMA weights) to {args.output_dir}")
         if args.final_evaluation:

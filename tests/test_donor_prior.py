@@ -10,11 +10,15 @@ from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.data.days import split_validation_nodes
 from kgdiff_diffusers.data.prepared import prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
+from kgdiff_diffusers.evaluation import use_sampler
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
 from kgdiff_diffusers.models.donor_prior import KGDiffDonorPrior
 from kgdiff_diffusers.training import (
+    LEVEL_EXPONENTS,
+    START_STRENGTHS,
     KGDiffModelConfig,
     build_pipeline,
+    choose_donor_day_start,
     choose_prior_blend,
     kgdiff_loss,
     node_day_statistics,
@@ -180,3 +184,87 @@ def test_the_blend_is_chosen_on_validation_nodes_and_used_for_f(city):
     expected = pipe._clip_to_range(pipe._to_data_units(blend[0] * donors[:1] + (1 - blend[0]) * learned[:1]))
     np.testing.assert_allclose(out.meta_pattern, expected.numpy(), rtol=1e-5, atol=1e-4)
     assert choose_prior_blend(build_pipeline(city, KGDiffModelConfig(**SMALL)), city) is None  # no validation nodes
+
+
+def _candidate_days(pipe: KGDiffPipeline, dataset, row: int) -> np.ndarray:
+    """``(M, T, D)`` every valid day of the candidate donors of node ``row``."""
+    bank = torch.nonzero(pipe.donor_prior.node_bank_row >= 0).squeeze(1).numpy()
+    donors = bank[pipe.donor_prior.candidate_index[row].numpy()]
+    return np.concatenate([dataset.days[d][dataset.day_mask[d]] for d in np.unique(donors)])
+
+
+def test_strength_zero_returns_real_days_of_the_nodes_candidate_donors_rescaled_to_its_level(city):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=64))
+    pipe.set_progress_bar_config(disable=True)
+    row = int(city.test_rows[0])
+    node, candidates = city.node_ids[row], _candidate_days(pipe, city, row)
+    pipe.register_to_config(start_strength=0.0, level_exponent=0.0)
+    copied = pipe(node_ids=[node], num_samples=6, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    for day in copied.series[0]:  # a copy of one real day of a candidate (never of the node itself)
+        distance = np.abs(candidates - day).max(axis=(1, 2))
+        assert distance.min() < 1e-3 * np.abs(candidates).max()
+    pipe.register_to_config(level_exponent=1.0)
+    rescaled = pipe(node_ids=[node], num_samples=6, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    level = pipe._to_data_units(pipe.prior([node])[0]).mean(dim=1).numpy()  # (1, D)
+    ratio = rescaled.series[0] / np.maximum(copied.series[0], 1e-9)  # the same days, drawn by the same streams
+    busy = copied.series[0] > 1.0
+    for day in range(6):
+        np.testing.assert_allclose(ratio[day][busy[day]], np.median(ratio[day][busy[day]]), rtol=1e-3)
+    np.testing.assert_allclose(rescaled.series[0].mean(axis=(0, 1)), level[0], rtol=0.5)
+
+
+def test_a_donor_day_start_is_reproducible_batch_independent_and_reloads_bit_identical(city, tmp_path):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.register_to_config(start_strength=0.5, level_exponent=0.5)
+    nodes = [city.node_ids[r] for r in city.test_rows]
+
+    def sample(p, batch_size=256):
+        return p(node_ids=nodes, num_samples=5, num_inference_steps=6, generator=torch.Generator().manual_seed(3),
+                 batch_size=batch_size).series
+
+    out = sample(pipe)
+    assert np.isfinite(out).all() and out.min() >= 0.0
+    np.testing.assert_allclose(out, sample(pipe, batch_size=7), rtol=1e-5)  # same streams, other batches
+    pipe.register_to_config(start_strength=None)
+    assert np.abs(sample(pipe) - out).max() > 1e-3  # pure noise is another process
+    pipe.register_to_config(start_strength=0.5)
+    pipe.save_pretrained(tmp_path)
+    reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.config.start_strength == 0.5 and reloaded.config.level_exponent == 0.5
+    np.testing.assert_array_equal(out, sample(reloaded))
+    for sampler in ("ddpm", "dpm++", "unipc"):  # multistep solvers start mid-chain too
+        use_sampler(reloaded, sampler)
+        assert np.isfinite(sample(reloaded)).all(), sampler
+
+
+def test_a_pipeline_without_stored_days_samples_from_noise_and_refuses_a_day_start(city, tmp_path):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=0))
+    assert not hasattr(pipe.donor_prior, "bank_days")  # the layout of pipelines saved before the day bank
+    assert choose_donor_day_start(pipe, city) is None
+    pipe.save_pretrained(tmp_path)
+    reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
+    assert reloaded.config.start_strength is None
+    with pytest.raises(ValueError, match="stores days"):
+        KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "start_strength": 0.5})
+
+
+def _own_config(pipe: KGDiffPipeline) -> dict:
+    return {k: v for k, v in pipe.config.items() if k not in pipe.components and not k.startswith("_")}
+
+
+def test_the_day_start_is_chosen_by_validation_crps_from_the_grids(city):
+    _, validation = split_validation_nodes(city.node_table, city.train_node_ids, 0.25)
+    dataset = city.with_split(city.test_node_ids, validation)
+    pipe = build_pipeline(dataset, KGDiffModelConfig(**SMALL))
+    pipe.set_progress_bar_config(disable=True)
+    choice = choose_donor_day_start(pipe, dataset, num_inference_steps=4, max_days_per_node=4)
+    assert choice["level_exponent"] in LEVEL_EXPONENTS and choice["start_strength"] in START_STRENGTHS
+    assert pipe.config.level_exponent == choice["level_exponent"]
+    assert pipe.config.start_strength == choice["start_strength"]
+    scores = choice["validation_crps"]
+    assert len(scores) == len(LEVEL_EXPONENTS) + len(START_STRENGTHS) - 1
+    chosen = f"a={choice['level_exponent']:g}, strength={choice['start_strength']:g}"
+    assert scores[chosen] == min(scores.values())
+    assert choose_donor_day_start(build_pipeline(city, KGDiffModelConfig(**SMALL)), city) is None  # no validation

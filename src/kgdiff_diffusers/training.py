@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .delay_embedding import DelayEmbedding, check_delay_embedding, choose_delay_embedding
+from .evaluation import MODEL_NAME, evaluate_pipeline
 from .models.condition_encoder import KGConditionEncoder
 from .models.donor_prior import KGDiffDonorPrior
 from .models.meta_pattern import KGDiffMetaPattern
@@ -112,7 +113,9 @@ class KGDiffModelConfig:
     :class:`~kgdiff_diffusers.models.donor_prior.KGDiffDonorPrior`: ``f`` is a blend of the donors'
     estimate (geographically and KG-nearest training nodes) and the meta-pattern MLP ``f(phi)``, weighed on
     validation nodes (:func:`choose_prior_blend`); a per-node scale comes from the donors, and the denoiser
-    models the scaled residual. ``use_donor_prior=False`` is the paper's configuration.
+    models the scaled residual. ``use_donor_prior=False`` is the paper's configuration. ``num_bank_days``
+    real days per donor are stored for sampling to start from (:func:`choose_donor_day_start`; 0: sampling
+    starts from noise).
     """
 
     condition_dim: int = 128
@@ -137,6 +140,7 @@ class KGDiffModelConfig:
     use_donor_prior: bool = True
     num_donors: int = 8
     donor_weighting: str = "uniform"
+    num_bank_days: int = 32
 
 
 def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPipeline:
@@ -201,7 +205,8 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
     )
     donor_prior = (
         build_donor_prior(
-            dataset, (edge_node, edge_relation, edge_neighbor), config.num_donors, config.donor_weighting
+            dataset, (edge_node, edge_relation, edge_neighbor), config.num_donors, config.donor_weighting,
+            config.num_bank_days,
         )
         if config.use_donor_prior
         else None
@@ -259,7 +264,11 @@ def node_day_statistics(dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def build_donor_prior(
-    dataset, kg_index: tuple[np.ndarray, np.ndarray, np.ndarray], num_donors: int = 8, weighting: str = "uniform"
+    dataset,
+    kg_index: tuple[np.ndarray, np.ndarray, np.ndarray],
+    num_donors: int = 8,
+    weighting: str = "uniform",
+    num_bank_days: int = 0,
 ) -> KGDiffDonorPrior:
     """A :class:`KGDiffDonorPrior` whose donors are the dataset's training nodes with data."""
     profiles, spreads, has_data = node_day_statistics(dataset)
@@ -277,6 +286,9 @@ def build_donor_prior(
         feature_std=dataset.feature_std,
         num_donors=num_donors,
         weighting=weighting,
+        days=dataset.days,
+        day_mask=dataset.day_mask,
+        num_bank_days=num_bank_days,
     )
 
 
@@ -336,3 +348,53 @@ def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[fl
     blend = [float(weights[i]) for i in errors.argmin(dim=0)]
     pipe.register_to_config(prior_blend=blend)
     return blend
+
+
+LEVEL_EXPONENTS = (0.0, 0.5, 1.0)
+START_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def choose_donor_day_start(
+    pipe: KGDiffPipeline,
+    dataset,
+    num_inference_steps: int = 20,
+    sampler: str = "ddim",
+    max_days_per_node: int = 20,
+    seed: int = 0,
+) -> dict | None:
+    """Sets ``pipe``'s ``level_exponent`` and ``start_strength`` to the values with the lowest validation CRPS.
+
+    First the exponent ``a`` of the donor days' rescaling ``x (l / L)^a`` is chosen from
+    :data:`LEVEL_EXPONENTS` with the copies themselves (strength 0: no denoising), then the share of the
+    denoising chain run from them from :data:`START_STRENGTHS` (1: from pure noise, the donor days unused).
+    Only VALIDATION nodes are scored (CRPS of generated against real days, :func:`evaluate_pipeline`).
+
+    Returns:
+        ``{"level_exponent", "start_strength", "validation_crps": {setting: CRPS}}``, or ``None`` (left
+        unchanged) when the pipeline stores no donor days or the dataset has no validation node with data.
+    """
+    prior = pipe.donor_prior
+    if prior is None or prior.config.get("num_bank_days", 0) == 0:
+        return None
+    rows = np.asarray(dataset.validation_rows, dtype=np.int64)
+    if not len(rows) or not dataset.day_mask[rows].any():
+        return None
+
+    def validation_crps(exponent: float, strength: float) -> float:
+        pipe.register_to_config(level_exponent=exponent, start_strength=strength)
+        result = evaluate_pipeline(
+            pipe, dataset, num_inference_steps, sampler, seed, include_baselines=False,
+            max_days_per_node=max_days_per_node, split="validation",
+        )
+        return result.metrics["methods"][MODEL_NAME]["crps"]
+
+    scores = {f"a={a:g}, strength=0": validation_crps(a, 0.0) for a in LEVEL_EXPONENTS}
+    exponent = LEVEL_EXPONENTS[int(np.argmin(list(scores.values())))]
+    by_strength = {0.0: scores[f"a={exponent:g}, strength=0"]}
+    for strength in START_STRENGTHS[1:]:
+        by_strength[strength] = validation_crps(exponent, strength)
+        scores[f"a={exponent:g}, strength={strength:g}"] = by_strength[strength]
+    strength = min(by_strength, key=by_strength.get)
+    pipe.register_to_config(level_exponent=exponent, start_strength=strength)
+    return {"level_exponent": exponent, "start_strength": strength, "validation_crps": scores}

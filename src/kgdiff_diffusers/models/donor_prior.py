@@ -52,6 +52,11 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
     (``P``, ``L``, ``sigma``, locations, neighbour sets) are buffers, saved with the weights; priors of new
     places are computed from their location (optional) and KG neighbours by :meth:`candidates_for`.
 
+    With ``num_bank_days > 0`` up to that many real days of each donor are stored too (so a saved pipeline
+    holds that much training data): :meth:`donor_days` draws whole days from a node's candidates, rescaled
+    to its level, as the starting points from which the pipeline denoises (copied days keep the day-to-day
+    structure that a mean plus noise lacks).
+
     Args:
         num_nodes: nodes with precomputed candidates (the pipeline's ``node_ids``, in order).
         num_bank: training nodes that can be donors.
@@ -66,6 +71,7 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         num_bank_edges: stored (donor, entity) pairs of the donors' neighbour sets.
         feature_mean, feature_std: ``(D,)`` the pipeline's normalisation; outputs are in normalised units.
         weighting: ``"uniform"`` or ``"learned"`` donor weights.
+        num_bank_days: real days stored per donor for :meth:`donor_days` (0: none).
     """
 
     @register_to_config
@@ -85,6 +91,7 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         feature_mean: list[float] | None = None,
         feature_std: list[float] | None = None,
         weighting: str = "uniform",
+        num_bank_days: int = 0,
     ):
         super().__init__()
         if level_mode not in ("multiplicative", "additive"):
@@ -108,6 +115,9 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         self.register_buffer("candidate_index", torch.zeros(num_nodes, num_candidates, dtype=torch.long))
         self.register_buffer("candidate_features", torch.zeros(num_nodes, num_candidates, NUM_DONOR_FEATURES))
         self.register_buffer("node_log_degree", torch.zeros(num_nodes, num_relations))
+        if num_bank_days > 0:  # absent from pipelines saved before the day bank existed
+            self.register_buffer("bank_days", torch.zeros(num_bank, num_bank_days, num_features, seq_len))
+            self.register_buffer("bank_day_count", torch.zeros(num_bank, dtype=torch.long))
         if weighting == "learned":
             self.scorer = nn.Sequential(
                 nn.Linear(NUM_DONOR_FEATURES, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 2 * num_features)
@@ -134,6 +144,9 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         num_donors: int = 8,
         hidden_dim: int = 32,
         weighting: str = "uniform",
+        days: np.ndarray | None = None,
+        day_mask: np.ndarray | None = None,
+        num_bank_days: int = 0,
     ) -> KGDiffDonorPrior:
         """Builds the prior for ``N`` nodes whose rows ``bank_rows`` are the training nodes with data.
 
@@ -144,8 +157,12 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             locations: ``(N, 2)`` latitude, longitude in degrees.
             edge_node, edge_relation, edge_neighbor: ``(E,)`` the KG index of the ``N`` nodes.
             feature_mean, feature_std: ``(D,)`` normalisation of the pipeline.
+            days, day_mask: ``(N, S, T, D)`` data units and ``(N, S)`` bool valid days; with
+                ``num_bank_days > 0``, that many of each donor's valid days (evenly spaced in time) are stored.
         """
         bank_rows = np.asarray(bank_rows, dtype=np.int64)
+        if num_bank_days > 0 and (days is None or day_mask is None):
+            raise ValueError("num_bank_days > 0 needs the days and day_mask of the nodes")
         if len(bank_rows) < 2:
             raise ValueError(f"the donor prior needs at least 2 training nodes with data, got {len(bank_rows)}")
         num_nodes, num_features, seq_len = profiles.shape
@@ -183,7 +200,10 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             feature_mean=[float(m) for m in feature_mean],
             feature_std=[float(v) for v in feature_std],
             weighting=weighting,
+            num_bank_days=num_bank_days,
         )
+        if num_bank_days > 0:
+            model._store_bank_days(days, day_mask, bank_rows)
         log_degree = _log_degree(edge_node, edge_relation, num_nodes, num_relations)
         with torch.no_grad():
             model.bank_profile.copy_(torch.from_numpy(bank_profile))
@@ -211,6 +231,17 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             model.candidate_index.copy_(index)
             model.candidate_features.copy_(features)
         return model
+
+    @torch.no_grad()
+    def _store_bank_days(self, days: np.ndarray, day_mask: np.ndarray, bank_rows: np.ndarray) -> None:
+        capacity = self.config.num_bank_days
+        for bank_row, node in enumerate(bank_rows):
+            valid = np.flatnonzero(day_mask[node])
+            chosen = valid[np.linspace(0, len(valid) - 1, min(capacity, len(valid))).round().astype(np.int64)]
+            if not np.isfinite(days[node, chosen]).all():
+                raise ValueError("training days for the donor prior's day bank contain NaN or inf")
+            self.bank_days[bank_row, : len(chosen)] = torch.from_numpy(days[node, chosen].transpose(0, 2, 1))
+            self.bank_day_count[bank_row] = len(chosen)
 
     # ----------------------------------------------------------------------------------------------------
     # Candidates
@@ -336,6 +367,48 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         relative_spread = (shape_weight * spread / level).sum(1)
         level_value = log_level.exp()
         return self._normalised(level_value.unsqueeze(-1) * shape, level_value * relative_spread)
+
+    @torch.no_grad()
+    def donor_days(
+        self,
+        index: torch.Tensor,
+        mean_day: torch.Tensor,
+        level_exponent: float,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """One real day of a random candidate donor per row, rescaled towards the row's level.
+
+        Each row draws a candidate uniformly (a donor found by both searches twice as often), then one of
+        its stored days ``x``; with the row's level ``l`` (the time mean of ``mean_day`` in data units) and the
+        donor's level ``L``, the day becomes ``x (l / L)^a`` (``"additive"`` mode: ``x + a (l - L)``), where
+        ``a = level_exponent`` (0: copied as it was, 1: the row's level).
+
+        Args:
+            index: ``(B, 2K)`` candidate bank rows of each generated day (from :meth:`candidates_for` or the
+                stored ones).
+            mean_day: ``(B, D, T)`` each day's prior mean, normalised (:meth:`forward`).
+            level_exponent: ``a``.
+            generator: one generator, one per row, or ``None``.
+
+        Returns:
+            ``(B, D, T)`` days in normalised units.
+        """
+        if self.config.num_bank_days == 0:
+            raise ValueError("this donor prior stores no days (num_bank_days=0)")
+        generators = generator if isinstance(generator, list) else [generator] * index.shape[0]
+        draws = torch.stack([torch.rand(2, generator=g, device=index.device) for g in generators])  # (B, 2)
+        batch = torch.arange(index.shape[0], device=index.device)
+        donor = index[batch, (draws[:, 0] * index.shape[1]).long().clamp_max(index.shape[1] - 1)]
+        count = self.bank_day_count[donor]
+        day = self.bank_days[donor, (draws[:, 1] * count).long().clamp_max(count - 1)]  # (B, D, T)
+        level = (mean_day * self.feature_std_ + self.feature_mean_).mean(-1)  # (B, D) data units
+        donor_level = self.bank_profile[donor].mean(-1)
+        if self.config.level_mode == "multiplicative":
+            ratio = level.clamp_min(0) / donor_level.clamp_min(_EPS)
+            day = day * ratio.pow(level_exponent).unsqueeze(-1)
+        else:
+            day = day + (level_exponent * (level - donor_level)).unsqueeze(-1)
+        return (day - self.feature_mean_) / self.feature_std_
 
     def own_statistics(self, node_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, D, T)`` mean day and ``(B, D)`` spread of training nodes' OWN data, normalised.

@@ -78,6 +78,12 @@ class KGDiffPipeline(DiffusionPipeline):
             days are clipped there; ``None`` for data with negative values.
         prior_blend: ``(D,)`` weight ``b`` of the donor prior in ``f = b f_donors + (1 - b) meta_pattern(phi)``
             when both exist (chosen on validation nodes by training; ``None`` means 1: donors only).
+        start_strength: with a donor prior that stores days, sampling starts from a real day of a candidate
+            donor, rescaled to the node's level (:meth:`KGDiffDonorPrior.donor_days`), noised to this share of
+            the denoising chain (SDEdit): 0 returns the rescaled day, 1 or ``None`` starts from pure noise.
+            Chosen on validation nodes by training.
+        level_exponent: ``a`` of the rescaling ``x (l / L)^a`` of a donor day (0: its own level, 1: the
+            node's); ``None`` means 1.
         data_fingerprint: :func:`~kgdiff_diffusers.fingerprint.data_fingerprint` of the training data.
         config_sha256: ``{"model_index" | component: digest}`` of every config, written by
             :meth:`save_pretrained` and checked by :meth:`from_pretrained`.
@@ -107,6 +113,8 @@ class KGDiffPipeline(DiffusionPipeline):
         config_sha256: dict | None = None,
         output_min: list[float | None] | None = None,
         prior_blend: list[float] | None = None,
+        start_strength: float | None = None,
+        level_exponent: float | None = None,
     ):
         super().__init__()
         num_nodes = condition_encoder.config.num_nodes
@@ -145,6 +153,12 @@ class KGDiffPipeline(DiffusionPipeline):
                 raise ValueError("donor_prior's feature_mean / feature_std differ from the pipeline's")
         if prior_blend is not None and (len(prior_blend) != num_features or not all(0 <= b <= 1 for b in prior_blend)):
             raise ValueError(f"prior_blend must be {num_features} weights in [0, 1], got {prior_blend}")
+        if start_strength is not None and not 0 <= start_strength <= 1:
+            raise ValueError(f"start_strength must be in [0, 1] or None, got {start_strength}")
+        if start_strength is not None and start_strength < 1 and (
+            donor_prior is None or donor_prior.config.get("num_bank_days", 0) == 0
+        ):
+            raise ValueError("start_strength < 1 needs a donor prior that stores days (num_bank_days > 0)")
         if output_min is not None and len(output_min) != num_features:
             raise ValueError(f"output_min must have {num_features} entries, got {len(output_min)}")
         self.register_modules(
@@ -169,6 +183,8 @@ class KGDiffPipeline(DiffusionPipeline):
             config_sha256=config_sha256,
             output_min=None if output_min is None else [None if m is None else float(m) for m in output_min],
             prior_blend=None if prior_blend is None else [float(b) for b in prior_blend],
+            start_strength=None if start_strength is None else float(start_strength),
+            level_exponent=None if level_exponent is None else float(level_exponent),
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
@@ -316,13 +332,23 @@ class KGDiffPipeline(DiffusionPipeline):
         Known nodes use their stored candidates; ``new_nodes`` get candidates from their KG neighbours and,
         where given, their ``(lat, lon)`` in ``new_node_locations`` (without one, KG-similar donors only).
         """
+        mean_day, scale, _ = self._prior_and_candidates(node_ids, new_nodes, new_node_locations)
+        return mean_day, scale
+
+    def _prior_and_candidates(
+        self,
+        node_ids: Sequence[str | int],
+        new_nodes: NewNodes | None,
+        new_node_locations: Mapping[str, tuple[float, float]] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`prior` plus the ``(nodes, 2K)`` candidate donors (bank rows) of each node."""
         prior = self.donor_prior
         if prior is None:
             raise ValueError("this pipeline has no donor prior (the paper's configuration): its f is meta_pattern(phi)")
         parts = []
         if len(node_ids):
             rows = torch.tensor(self.node_rows(node_ids), dtype=torch.long, device=self.device)
-            parts += [prior(chunk) for chunk in rows.split(1024)]
+            parts += [(*prior(chunk), prior.candidate_index[chunk]) for chunk in rows.split(1024)]
         if new_nodes:
             locations = dict(new_node_locations or {})
             unknown = sorted(set(locations) - set(new_nodes))
@@ -339,8 +365,8 @@ class KGDiffPipeline(DiffusionPipeline):
             edge_node, edge_relation, edge_neighbor = (e.to(self.device) for e in self.new_node_edges(new_nodes))
             index, features = prior.candidates_for(coords, edge_node, edge_neighbor, len(new_nodes))
             log_degree = prior.log_degree_of(edge_node, edge_relation, len(new_nodes))
-            parts.append(prior(candidates=(index, features, log_degree)))
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            parts.append((*prior(candidates=(index, features, log_degree)), index))
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
 
     def _clip_to_range(self, series: torch.Tensor) -> torch.Tensor:
         """``(..., D)`` data units, each feature clipped below at ``output_min`` where one is set."""
@@ -423,22 +449,36 @@ class KGDiffPipeline(DiffusionPipeline):
         num_inference_steps: int,
         generator,
         drift: torch.Tensor,
+        start: torch.Tensor | None = None,
+        num_steps_run: int | None = None,
     ) -> torch.Tensor:
-        """The full denoising loop for one chunk: ``(B, D, V, V)`` images from ``condition`` ``(B, C)``.
+        """The denoising loop for one chunk: ``(B, D, V, V)`` images from ``condition`` ``(B, C)``.
 
         ``meta_image`` is the denoiser's ``f`` input; the process drifts towards ``drift`` (``f`` for the
-        paper's shifted DDPM, 0 for the residual model, whose images are ``Y = (X - f) / s``).
+        paper's shifted DDPM, 0 for the residual model, whose images are ``Y = (X - f) / s``). With ``start``
+        (``(B, D, V, V)`` residual images, ``drift`` 0) only the last ``num_steps_run`` of the
+        ``num_inference_steps`` steps run, from ``start`` noised to the first of them.
         """
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)  # also resets multistep state
         shifted = isinstance(self.scheduler, KGDiffScheduler)
         takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         step_kwargs = {"generator": generator} if takes_generator else {}
         shape = meta_image.shape
-        if shifted:
+        timesteps = self.scheduler.timesteps
+        if start is not None:
+            if num_steps_run == 0:
+                return start
+            first = len(timesteps) - num_steps_run
+            timesteps = timesteps[first:]
+            if hasattr(self.scheduler, "set_begin_index"):  # multistep solvers index their own history
+                self.scheduler.set_begin_index(first)
+            noise = randn_tensor(shape, generator=generator, device=self.device)
+            sample = self.scheduler.add_noise(start, noise, timesteps[:1].repeat(shape[0]))
+        elif shifted:
             sample = self.scheduler.initial_sample(shape, drift, generator=generator, device=self.device)
         else:  # plain diffusers sampler on the residual Y = X - f (plain DDPM in Y)
             sample = randn_tensor(shape, generator=generator, device=self.device) * self.scheduler.init_noise_sigma
-        for t in self.scheduler.timesteps:
+        for t in timesteps:
             if shifted:
                 noise = self._predict_noise(sample, t, condition, meta_image)
                 sample = self.scheduler.step(noise, t, sample, meta_pattern=drift, generator=generator).prev_sample
@@ -502,7 +542,10 @@ class KGDiffPipeline(DiffusionPipeline):
         num_features = self.unet.config.num_features
         residual_scale = None
         if self.donor_prior is not None:
-            meta_series, residual_scale = self.prior(node_ids, new_nodes, new_node_locations)
+            meta_series, residual_scale, candidates = self._prior_and_candidates(
+                node_ids, new_nodes, new_node_locations
+            )
+            donor_series = meta_series
             residual_scale = residual_scale[..., None, None]
             if self.meta_pattern is not None and self.config.prior_blend is not None:
                 blend = torch.tensor(self.config.prior_blend, device=self.device)[:, None]
@@ -512,6 +555,9 @@ class KGDiffPipeline(DiffusionPipeline):
         else:
             meta_series = torch.zeros(len(all_ids), num_features, emb.seq_len, device=self.device)
         meta_images = emb.to_image(meta_series)
+        strength = self.config.get("start_strength")
+        starts_from_days = residual_scale is not None and strength is not None and strength < 1
+        num_steps_run = round(strength * num_inference_steps) if starts_from_days else num_inference_steps
         # The residual model samples Y = (X - f) / s as plain DDPM: its process drifts towards 0, not f.
         drifts = meta_images if residual_scale is None else torch.zeros_like(meta_images)
         # Days stream through in chunks of batch_size, so memory stays bounded for any num_samples.
@@ -519,17 +565,25 @@ class KGDiffPipeline(DiffusionPipeline):
             batch, emb.seq_len, num_features, device=self.device if output_type == "pt" else "cpu"
         )
         chunks = self._chunk_generators(generator, batch, batch_size)
-        with self.progress_bar(total=math.ceil(batch / batch_size) * num_inference_steps) as progress:
+        with self.progress_bar(total=math.ceil(batch / batch_size) * num_steps_run) as progress:
             for start, chunk_generator in zip(range(0, batch, batch_size), chunks):
                 nodes = torch.arange(start, min(start + batch_size, batch), device=self.device) // num_samples
+                start_images = None
+                if starts_from_days:
+                    exponent = self.config.get("level_exponent")
+                    days = self.donor_prior.donor_days(
+                        candidates[nodes], donor_series[nodes], 1.0 if exponent is None else exponent, chunk_generator
+                    )
+                    start_images = emb.to_image(days - donor_series[nodes]) / residual_scale[nodes]
                 images = self._sample_chunk(
-                    phi[nodes], meta_images[nodes], num_inference_steps, chunk_generator, drifts[nodes]
+                    phi[nodes], meta_images[nodes], num_inference_steps, chunk_generator, drifts[nodes],
+                    start_images, num_steps_run,
                 )
                 if residual_scale is not None:
                     images = meta_images[nodes] + residual_scale[nodes] * images
                 days = self._clip_to_range(self._to_data_units(emb.to_series(images)))
                 series[start : start + len(nodes)] = days.to(series.device)
-                progress.update(num_inference_steps)
+                progress.update(num_steps_run)
         series = series.reshape(len(all_ids), num_samples, emb.seq_len, num_features)
         meta = self._clip_to_range(self._to_data_units(meta_series))
         if output_type == "np":
