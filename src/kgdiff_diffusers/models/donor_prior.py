@@ -48,6 +48,11 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
     ones (they fit interpolation between training nodes, not extrapolation to a new area): see
     bench/README.md.
 
+    With ``num_day_types > 1`` (weekday / weekend) each donor keeps one summary (``P``, ``L``, ``sigma``) per
+    day type, stacked in blocks: row ``k * num_bank + j`` of ``bank_profile`` / ``bank_level`` /
+    ``bank_spread`` is donor ``j``'s over its days of type ``k``, and the prior of a day type is built from
+    the donors' summaries of that type (the same candidates and weights).
+
     A node is never its own donor, so no node's prior depends on its own data. The donors' summaries
     (``P``, ``L``, ``sigma``, locations, neighbour sets) are buffers, saved with the weights; priors of new
     places are computed from their location (optional) and KG neighbours by :meth:`candidates_for`.
@@ -66,6 +71,7 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         num_bank_edges: stored (donor, entity) pairs of the donors' neighbour sets.
         feature_mean, feature_std: ``(D,)`` the pipeline's normalisation; outputs are in normalised units.
         weighting: ``"uniform"`` or ``"learned"`` donor weights.
+        num_day_types: day types with their own donor summaries (``1``: one over all days).
     """
 
     @register_to_config
@@ -85,8 +91,11 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         feature_mean: list[float] | None = None,
         feature_std: list[float] | None = None,
         weighting: str = "uniform",
+        num_day_types: int = 1,
     ):
         super().__init__()
+        if num_day_types < 1:
+            raise ValueError(f"num_day_types must be >= 1, got {num_day_types}")
         if level_mode not in ("multiplicative", "additive"):
             raise ValueError(f"level_mode must be 'multiplicative' or 'additive', got {level_mode!r}")
         if weighting not in DONOR_WEIGHTINGS:
@@ -96,9 +105,10 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         self.register_buffer("feature_mean_", torch.tensor(mean).view(-1, 1), persistent=False)
         self.register_buffer("feature_std_", torch.tensor(std).view(-1, 1), persistent=False)
         self.register_buffer("node_bank_row", torch.full((num_nodes,), -1, dtype=torch.long))
-        self.register_buffer("bank_profile", torch.zeros(num_bank, num_features, seq_len))
-        self.register_buffer("bank_level", torch.ones(num_bank, num_features))
-        self.register_buffer("bank_spread", torch.zeros(num_bank, num_features))
+        num_summaries = num_day_types * num_bank
+        self.register_buffer("bank_profile", torch.zeros(num_summaries, num_features, seq_len))
+        self.register_buffer("bank_level", torch.ones(num_summaries, num_features))
+        self.register_buffer("bank_spread", torch.zeros(num_summaries, num_features))
         self.register_buffer("bank_location", torch.zeros(num_bank, 2))
         self.register_buffer("bank_log_degree", torch.zeros(num_bank, num_relations))
         self.register_buffer("bank_edge_row", torch.zeros(num_bank_edges, dtype=torch.long))
@@ -138,8 +148,10 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         """Builds the prior for ``N`` nodes whose rows ``bank_rows`` are the training nodes with data.
 
         Args:
-            profiles: ``(N, D, T)`` each node's mean valid day, data units (only ``bank_rows`` are read).
-            spreads: ``(N, D)`` std of each node's days around its mean day (only ``bank_rows`` are read).
+            profiles: ``(N, D, T)`` each node's mean valid day, data units (only ``bank_rows`` are read); or
+                ``(K, N, D, T)`` one per day type, for a prior with ``num_day_types = K``.
+            spreads: ``(N, D)`` std of each node's days around its mean day (only ``bank_rows`` are read); or
+                ``(K, N, D)`` one per day type.
             bank_rows: ``(B,)`` rows of the donor nodes (training nodes with data).
             locations: ``(N, 2)`` latitude, longitude in degrees.
             edge_node, edge_relation, edge_neighbor: ``(E,)`` the KG index of the ``N`` nodes.
@@ -148,15 +160,20 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         bank_rows = np.asarray(bank_rows, dtype=np.int64)
         if len(bank_rows) < 2:
             raise ValueError(f"the donor prior needs at least 2 training nodes with data, got {len(bank_rows)}")
-        num_nodes, num_features, seq_len = profiles.shape
-        bank_profile = profiles[bank_rows]
-        if not np.isfinite(bank_profile).all() or not np.isfinite(spreads[bank_rows]).all():
+        if profiles.ndim == 3:
+            profiles, spreads = profiles[None], spreads[None]
+        num_day_types, num_nodes, num_features, seq_len = profiles.shape
+        if spreads.shape != profiles.shape[:3]:
+            raise ValueError(f"spreads {spreads.shape} do not match profiles {profiles.shape}")
+        bank_profile = profiles[:, bank_rows].reshape(-1, num_features, seq_len)
+        bank_spread = spreads[:, bank_rows].reshape(-1, num_features)
+        if not np.isfinite(bank_profile).all() or not np.isfinite(bank_spread).all():
             raise ValueError("training profiles for the donor prior contain NaN or inf")
         level_mode = "multiplicative" if bank_profile.min() >= 0 else "additive"
         if level_mode == "multiplicative":
             bank_level = bank_profile.mean(axis=2)
         else:
-            bank_level = np.ones((len(bank_rows), num_features))
+            bank_level = np.ones((len(bank_profile), num_features))
         edge_node, edge_relation, edge_neighbor = (
             np.asarray(a, dtype=np.int64) for a in (edge_node, edge_relation, edge_neighbor)
         )
@@ -183,12 +200,13 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             feature_mean=[float(m) for m in feature_mean],
             feature_std=[float(v) for v in feature_std],
             weighting=weighting,
+            num_day_types=num_day_types,
         )
         log_degree = _log_degree(edge_node, edge_relation, num_nodes, num_relations)
         with torch.no_grad():
             model.bank_profile.copy_(torch.from_numpy(bank_profile))
             model.bank_level.copy_(torch.from_numpy(np.maximum(bank_level, _EPS)))
-            model.bank_spread.copy_(torch.from_numpy(spreads[bank_rows]))
+            model.bank_spread.copy_(torch.from_numpy(bank_spread))
             model.bank_location.copy_(torch.tensor(np.asarray(locations, dtype=np.float64)[bank_rows]))
             model.bank_log_degree.copy_(torch.from_numpy(log_degree[bank_rows]))
             model.bank_edge_row.copy_(torch.from_numpy(pairs[0]))
@@ -291,12 +309,15 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         self,
         node_rows: torch.Tensor | None = None,
         candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        day_types: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The prior of indexed nodes (``node_rows``) or of new places (``candidates``).
 
         Args:
             node_rows: ``(B,)`` rows of precomputed candidates.
             candidates: ``(index (B, 2K), features (B, 2K, F), log_degree (B, R))`` for new places.
+            day_types: ``(B,)`` day type of each prior, in ``[0, num_day_types)``; needed when
+                ``num_day_types > 1``.
 
         Returns:
             ``mean_day`` ``(B, D, T)`` and ``scale`` ``(B, D)`` in normalised units (the pipeline's
@@ -309,7 +330,9 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             index, features, log_degree = candidates
         num_features = self.config.num_features
         batch, num_candidates = index.shape
-        level, profile, spread = self.bank_level[index], self.bank_profile[index], self.bank_spread[index]
+        day_types = self._check_day_types(day_types, batch, index.device)
+        summary = index + (day_types * self.config.num_bank).unsqueeze(1)
+        level, profile, spread = self.bank_level[summary], self.bank_profile[summary], self.bank_spread[summary]
         donor_log_degree = self.bank_log_degree[index]  # (B, 2K, R)
         if self.config.weighting == "uniform":
             shape_weight = level_weight = torch.full(
@@ -321,9 +344,9 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             )  # (B, 2K+1, 2D): the last candidate is the mean of all donors
             weights = torch.softmax(logits, dim=1)
             shape_weight, level_weight = weights[..., :num_features], weights[..., num_features:]
-            level = torch.cat([level, self.bank_level.mean(0).expand(batch, 1, -1)], dim=1)
-            profile = torch.cat([profile, self.bank_profile.mean(0).expand(batch, 1, -1, -1)], dim=1)
-            spread = torch.cat([spread, self.bank_spread.mean(0).expand(batch, 1, -1)], dim=1)
+            level = torch.cat([level, self._mean_of_donors(self.bank_level, day_types)], dim=1)
+            profile = torch.cat([profile, self._mean_of_donors(self.bank_profile, day_types)], dim=1)
+            spread = torch.cat([spread, self._mean_of_donors(self.bank_spread, day_types)], dim=1)
             donor_log_degree = torch.cat([donor_log_degree, self.bank_log_degree.mean(0).expand(batch, 1, -1)], dim=1)
 
         if self.config.level_mode == "additive":
@@ -337,15 +360,39 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         level_value = log_level.exp()
         return self._normalised(level_value.unsqueeze(-1) * shape, level_value * relative_spread)
 
-    def own_statistics(self, node_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def own_statistics(
+        self, node_rows: torch.Tensor, day_types: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, D, T)`` mean day and ``(B, D)`` spread of training nodes' OWN data, normalised.
 
-        The training target of the residual diffusion (never used to sample: :meth:`forward` is).
+        The training target of the residual diffusion (never used to sample: :meth:`forward` is). With
+        ``(B,)`` ``day_types`` (needed when ``num_day_types > 1``), each node's statistics of that day type.
         """
         bank_rows = self.node_bank_row[node_rows]
         if (bank_rows < 0).any():
             raise ValueError("own_statistics: some nodes are not training nodes with data")
+        day_types = self._check_day_types(day_types, len(bank_rows), bank_rows.device)
+        bank_rows = bank_rows + day_types * self.config.num_bank
         return self._normalised(self.bank_profile[bank_rows], self.bank_spread[bank_rows])
+
+    def _check_day_types(self, day_types: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """``(batch,)`` long day types; ``None`` means type 0, allowed only without day types."""
+        num_day_types = self.config.num_day_types
+        if day_types is None:
+            if num_day_types > 1:
+                raise ValueError(f"this donor prior keeps {num_day_types} day types: pass day_types")
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        day_types = torch.as_tensor(day_types, dtype=torch.long, device=device)
+        if day_types.shape != (batch,):
+            raise ValueError(f"day_types must have shape ({batch},), got {tuple(day_types.shape)}")
+        if batch and (int(day_types.min()) < 0 or int(day_types.max()) >= num_day_types):
+            raise ValueError(f"day types must lie in [0, {num_day_types})")
+        return day_types
+
+    def _mean_of_donors(self, summary: torch.Tensor, day_types: torch.Tensor) -> torch.Tensor:
+        """``(K * num_bank, ...)`` donor summaries -> ``(B, 1, ...)`` their mean over the donors of each day type."""
+        blocks = summary.view(self.config.num_day_types, self.config.num_bank, *summary.shape[1:]).mean(1)
+        return blocks[day_types].unsqueeze(1)
 
     def _normalised(self, mean_day: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean_day = (mean_day - self.feature_mean_) / self.feature_std_
