@@ -15,8 +15,9 @@ from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.data.days import DAY_TYPES, day_type_indices
 from kgdiff_diffusers.data.prepared import prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
-from kgdiff_diffusers.evaluation import MODEL_NAME, evaluate_pipeline
+from kgdiff_diffusers.evaluation import MODEL_NAME, evaluate_pipeline, write_report
 from kgdiff_diffusers.fingerprint import config_digest
+from kgdiff_diffusers.hub import render_model_card
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
 from kgdiff_diffusers.training import (
     KGDiffModelConfig,
@@ -133,6 +134,15 @@ def test_evaluation_scores_each_day_type_against_its_own_real_days(city, tmp_pat
         assert np.isfinite(scores["methods"][MODEL_NAME]["mae"])
     # each node gets as many generated days of a type as it has real days of it
     np.testing.assert_array_equal(result.generated_mask.sum(axis=1), test_mask.sum(axis=1))
+
+    pipe.save_pretrained(tmp_path)
+    write_report(result, tmp_path, week.interval_minutes, week.feature_names)
+    report = (tmp_path / "report.md").read_text()
+    weekend_days = by_type["weekend"]["num_real_days"]
+    assert f"### weekend: {weekend_days} real days of {by_type['weekend']['num_test_nodes']} nodes" in report
+    card = render_model_card(tmp_path, repo_id="user/kgdiff-week").text
+    assert 'It was trained on weekday and weekend days' in card and 'pipe(..., day_type="weekend")' in card
+    assert f"### weekend: {weekend_days} real days" in card and "day types learnt: weekday, weekend" in card
 
 
 @pytest.fixture

@@ -445,7 +445,7 @@ def day_type_tables(metrics: dict) -> str:
     sections = []
     for day_type, scores in metrics.get("day_types", {}).items():
         sections.append(
-            f"### {day_type} days ({scores['num_real_days']} real days of {scores['num_test_nodes']} nodes)\n\n"
+            f"### {day_type}: {scores['num_real_days']} real days of {scores['num_test_nodes']} nodes\n\n"
             + markdown_table(scores)
         )
     return "\n".join(sections)
