@@ -318,10 +318,12 @@ class KGDiffPipeline(DiffusionPipeline):
         return tuple(torch.tensor(x, dtype=torch.long) for x in (rows, relations, neighbors))
 
     def day_type_index(self, day_type: str | None) -> int | None:
-        """Position of ``day_type`` in ``config.day_types``; ``None`` asks for the first (``"weekday"`` when the
-        training days had weekdays). ``None`` for a pipeline saved without day types, which takes no
-        ``day_type``. ``ValueError`` for a name outside :data:`~kgdiff_diffusers.data.days.DAY_TYPES` or one the
-        pipeline was not trained on."""
+        """Position of ``day_type`` in ``config.day_types`` (``day_type=None``: 0, the first type).
+
+        Returns ``None`` for a pipeline saved without day types, which takes no ``day_type``. Raises
+        ``ValueError`` for a name outside :data:`~kgdiff_diffusers.data.days.DAY_TYPES` or one the pipeline was
+        not trained on.
+        """
         day_types = self.config.get("day_types")
         if day_type is not None and day_type not in DAY_TYPES:
             raise ValueError(f"day_type must be one of {list(DAY_TYPES)} or None, got {day_type!r}")
@@ -568,7 +570,7 @@ class KGDiffPipeline(DiffusionPipeline):
         self._check_arguments(
             node_ids, new_nodes, num_samples, num_inference_steps, generator, output_type, batch_size
         )
-        self.day_type_index(day_type)
+        self.day_type_index(day_type)  # an unknown day type fails here, before any work
         all_ids = [str(n) for n in node_ids] + list(new_nodes)
         batch = len(all_ids) * num_samples
 
