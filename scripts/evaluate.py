@@ -3,7 +3,8 @@
 For every test node the pipeline generates as many days as the node has real days; KGDiff and every
 baseline (global mean profile, random training days, k-nearest-training-node donors) are scored with MAE,
 RMSE, MMD (pooled and fixed bandwidth) and JSD in data units. Writes ``metrics.json``, ``report.md``,
-``daily_profiles.png``, ``value_kde.png`` and ``tsne.png`` to ``--output_dir`` and prints the table.
+``daily_profiles.png``, ``value_kde.png`` and ``tsne.png`` to ``--output_dir`` and prints the table. A pipeline
+trained on weekday and weekend days is scored per day type against that type's real days, and overall.
 
 Examples:
     python scripts/evaluate.py --model out/kgdiff --data prepared/pems_bay_16 --output_dir out/eval
@@ -27,6 +28,7 @@ from kgdiff_diffusers.evaluation import (
     PICTURES,
     REPORT_FILE,
     EvaluationResult,
+    day_type_tables,
     evaluate_pipeline,
     markdown_table,
     save_samples,
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> EvaluationResult:
     if args.save_samples is not None:
         paths["samples"] = save_samples(args.save_samples, result)
     print(markdown_table(result.metrics), end="")
+    if "day_types" in result.metrics:
+        print("\n" + day_type_tables(result.metrics), end="")
     logger.info("wrote %s", ", ".join(str(path) for path in paths.values()))
     return result
 

@@ -12,6 +12,9 @@ Examples:
     python scripts/generate.py --model out/kgdiff --data prepared/pems_bay_16 \\
         --new_node planned_1:37.36,-121.90 --new_node station_b:37.40,-121.95 --poi school_b:school \\
         --num_samples 32 --date 2024-03-04 --output planned.parquet
+    # weekend days, from a pipeline trained on data prepared with --include_weekends
+    python scripts/generate.py --model out/kgdiff_7day --node_ids zone_12 --day_type weekend --date 2024-03-09 \\
+        --output weekend.csv
     # split the nodes over processes (or GPUs)
     accelerate launch --num_processes 2 scripts/generate.py --model out/kgdiff --node_ids a,b,c,d \\
         --output days.npz
@@ -35,6 +38,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from kgdiff_diffusers import KGDiffPipeline
+from kgdiff_diffusers.data.days import DAY_TYPES
 from kgdiff_diffusers.data.prepared import KG_DIR, NODES_FILE
 from kgdiff_diffusers.evaluation import new_node_neighbors, plot_generated_days, use_sampler
 from kgdiff_diffusers.fingerprint import check_data_fingerprint, data_fingerprint
@@ -90,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kind", choices=sorted(KIND_PREFIXES), default=None,
                         help="kind of the new places; default: that of the dataset's nodes")
     parser.add_argument("--num_samples", type=int, default=16, help="days generated per node")
+    parser.add_argument("--day_type", choices=DAY_TYPES, default=None,
+                        help="the kind of day, one of the pipeline's config.day_types (weekend needs a pipeline "
+                        "trained on data prepared with --include_weekends); default: its first (weekday)")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps per day")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="ddpm = the paper's shifted DDPM")
     parser.add_argument("--seed", type=int, default=0, help="day (node, sample) gets its own seeded noise")
@@ -207,6 +214,7 @@ def main(argv: list[str] | None = None) -> tuple[list[str], np.ndarray] | None:
         raise FileNotFoundError(f"--model {args.model}: no model_index.json; pass a save_pretrained folder")
     pipe = KGDiffPipeline.from_pretrained(args.model)
     pipe.node_rows(args.node_ids)  # unknown ids fail here, naming them
+    pipe.day_type_index(args.day_type)  # and a day type the pipeline was not trained on
     accelerator = Accelerator()
     if not accelerator.is_main_process:
         logger.setLevel(logging.WARNING)
@@ -227,6 +235,7 @@ def main(argv: list[str] | None = None) -> tuple[list[str], np.ndarray] | None:
                 num_inference_steps=args.num_inference_steps,
                 generator=day_generators(args.seed, [index for index, _ in local_items], args.num_samples),
                 batch_size=args.batch_size,
+                day_type=args.day_type,
             )
             local = list(zip(output.node_ids, output.series))
     gathered = gather_object(local)
@@ -239,7 +248,8 @@ def main(argv: list[str] | None = None) -> tuple[list[str], np.ndarray] | None:
     feature_names = list(pipe.config.feature_names)
     write_output(args.output, node_ids, series, timestamps, feature_names)
     plot = plot_generated_days(series, node_ids, args.output.with_suffix(".png"), interval, feature_names)
-    logger.info("wrote %s (%d nodes x %d days x %d steps) and %s", args.output, *series.shape[:3], plot)
+    logger.info("wrote %s (%d nodes x %d %s days x %d steps) and %s", args.output, series.shape[0], series.shape[1],
+                args.day_type or (pipe.config.get("day_types") or ["generated"])[0], series.shape[2], plot)
     return node_ids, series
 
 

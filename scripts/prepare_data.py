@@ -113,7 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     days = parser.add_argument_group("days and split")
     days.add_argument("--start", help="first calendar day to keep, e.g. 2017-01-01 (inclusive)")
     days.add_argument("--end", help="last calendar day to keep, e.g. 2017-05-31 (inclusive)")
-    days.add_argument("--include_weekends", action="store_true", help="keep Saturdays and Sundays")
+    days.add_argument("--include_weekends", action="store_true",
+                      help="keep Saturdays and Sundays (train.py then learns weekday and weekend days apart)")
     days.add_argument("--max_gap_steps", type=int, help="longest interpolated gap in steps (default: 1 hour)")
     days.add_argument("--max_missing_fraction", type=float, default=0.1, help="drop days missing more steps")
     days.add_argument(

@@ -5,7 +5,10 @@
     accelerate launch scripts/train.py --config my_run.yaml --resume_from_checkpoint latest
 
 The condition encoder, meta pattern and denoiser are trained jointly on the TRAIN nodes' days only
-(test nodes are held out for evaluation: their data never reaches the model). Periodic validation uses
+(test nodes are held out for evaluation: their data never reaches the model). When those days hold
+weekends (data prepared with ``--include_weekends``) the model is conditioned on the day type, weekday or
+weekend, and generates the one asked for (``pipe(..., day_type="weekend")``, ``generate.py --day_type``);
+the day types are recorded in the pipeline config and ``training_config.json``. Periodic validation uses
 VALIDATION nodes cut from the training side (``--validation_fraction`` of the train nodes with the
 highest latitudes, or the prepared folder's own ``validation`` split), never test nodes; validation nodes
 are excluded from training too, so their scores measure unseen places. The history goes to
@@ -57,6 +60,7 @@ from kgdiff_diffusers.evaluation import (
     METRICS_FILE,
     PICTURES,
     REPORT_FILE,
+    day_type_tables,
     evaluate_pipeline,
     markdown_table,
     write_report,
@@ -79,6 +83,7 @@ from kgdiff_diffusers.training import (
     choose_donor_day_start,
     choose_prior_blend,
     kgdiff_loss,
+    training_day_types,
     training_samples,
 )
 
@@ -423,7 +428,8 @@ def check_resumed_data(run_config: dict, checkpoint: Path) -> None:
     """Refuses to resume on data or a model that differ from the checkpoint's (node split, model config)."""
     stored = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
     run_config = json.loads(json.dumps(run_config))  # tuples as the stored lists
-    keys = ("model", "dataset_name", "train_node_ids", "validation_node_ids", "test_node_ids", "num_processes")
+    keys = ("model", "dataset_name", "train_node_ids", "validation_node_ids", "test_node_ids", "day_types",
+            "num_processes")
     changed = [key for key in keys if key in stored and stored[key] != run_config[key]]
     if changed:
         raise ValueError(
@@ -483,10 +489,11 @@ def main(argv: list[str] | None = None) -> None:
     pipe.register_to_config(data_fingerprint=data_fingerprint(dataset.node_table, dataset.kg, dataset.name))
     pipe.set_progress_bar_config(disable=True)
     days, node_rows = training_samples(dataset)  # train nodes only; raises if the splits overlap
+    day_types = training_day_types(dataset, pipe.config.day_types)
     logger.info(
         f"{dataset.name}: {len(days)} training days from {len(dataset.train_node_ids)} train nodes; "
         f"{len(dataset.validation_node_ids)} validation and {len(dataset.test_node_ids)} test nodes held out; "
-        f"images {pipe.delay_embedding.image_size}^2"
+        f"images {pipe.delay_embedding.image_size}^2; day types {pipe.config.day_types}"
     )
     run_config = {
         **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -495,6 +502,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_node_ids": dataset.train_node_ids,
         "validation_node_ids": dataset.validation_node_ids,
         "test_node_ids": dataset.test_node_ids,
+        "day_types": pipe.config.day_types,
         "num_processes": accelerator.num_processes,
         "num_threads": torch.get_num_threads(),
         "device": accelerator.device.type,
@@ -509,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
     trainable = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(days, node_rows),
+        torch.utils.data.TensorDataset(days, node_rows, day_types),
         batch_size=args.train_batch_size,
         shuffle=True,
         drop_last=len(days) >= args.train_batch_size,
@@ -554,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
                 loader.set_epoch(epoch)
             batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
             skip_batches = 0
-            for batch_days, batch_rows in batches:
+            for batch_days, batch_rows, batch_day_types in batches:
                 with accelerator.accumulate(*modules):
                     out = kgdiff_loss(
                         trained["unet"],
@@ -567,6 +575,7 @@ def main(argv: list[str] | None = None) -> None:
                         meta_pattern_weight=args.meta_pattern_weight,
                         generator=noise_generator,
                         donor_prior=trained.get("donor_prior"),
+                        day_types=batch_day_types,
                     )
                     check_finite_loss(accelerator, out.loss, batch_days, batch_rows, dataset, global_step + 1)
                     accelerator.backward(out.loss)
@@ -633,6 +642,7 @@ def main(argv: list[str] | None = None) -> None:
             logger.info(
                 f"final evaluation on the test nodes ({args.output_dir / 'report.md'}):\n"
                 + markdown_table(result.metrics)
+                + day_type_tables(result.metrics)
             )
         if args.push_to_hub:
             push_pipeline(args.output_dir, args.hub_model_id, private=args.hub_private)

@@ -1,4 +1,7 @@
-"""Hourly, 15-minute and 7-day data end to end: prepare_data.py -> train.py (20 steps) -> evaluate.py."""
+"""Hourly, 15-minute and 7-day data end to end: prepare_data.py -> train.py (20 steps) -> evaluate.py.
+
+7-day data trains a pipeline conditioned on the day type (weekday / weekend), evaluated per day type.
+"""
 
 from __future__ import annotations
 
@@ -35,12 +38,18 @@ def test_prepare_train_evaluate(tmp_path: Path, steps_per_day: int, image_side: 
     )
     pipe = KGDiffPipeline.from_pretrained(model)
     assert pipe.delay_embedding.image_size == image_side and pipe.config.seq_len == steps_per_day
+    day_types = ["weekday", "weekend"] if weekends else ["weekday"]
+    assert pipe.config.day_types == day_types
+    assert json.loads((model / "training_config.json").read_text())["day_types"] == day_types
     result = load("evaluate").main(
         ["--model", str(model), "--data", str(data), "--output_dir", str(report), "--sampler", "ddim"]
-        + ["--num_inference_steps", "4", "--max_days_per_node", "2"]
+        + ["--num_inference_steps", "4", "--max_days_per_node", "8" if weekends else "2"]
     )
     metrics = json.loads((report / "metrics.json").read_text())
     kgdiff = metrics["methods"]["KGDiff"]
     assert np.isfinite([kgdiff["mae"], kgdiff["rmse"], kgdiff["mmd"]]).all() and kgdiff["mae"] > 0
+    assert list(metrics.get("day_types", {})) == (day_types if weekends else [])
+    for scores in metrics.get("day_types", {}).values():
+        assert scores["num_real_days"] > 0 and np.isfinite(scores["methods"]["KGDiff"]["mae"])
     used = result.generated[result.generated_mask]
     assert len(used) and used.shape[1:] == (steps_per_day, 1) and np.isfinite(used).all()

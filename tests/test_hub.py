@@ -202,7 +202,8 @@ def test_model_card_data_split_and_training_config(run):
     text = card.text
     assert hub.load_flavour("generic")["title"] in text  # flavour detected from "synthetic_city"
     dates = run.dataset.dates
-    assert f"{len(dates)} dates from {dates[0]} to {dates[-1]} (weekdays only)" in text
+    assert f"{len(dates)} dates from {dates[0]} to {dates[-1]} (weekdays only); day types learnt: weekday" in text
+    assert "It was trained on weekday days only (`pipe.config.day_types`) and refuses another `day_type`" in text
     assert "Test (unseen): " + ", ".join(run.dataset.test_node_ids) in text
     train_ids = [n for n in run.pipe.config.node_ids if n not in set(run.dataset.test_node_ids)]
     assert "Training: " + ", ".join(train_ids) in text

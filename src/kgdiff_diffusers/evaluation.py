@@ -27,6 +27,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .baselines import all_baselines
+from .data.days import DAY_TYPES, day_type_indices
 from .kg.graph import INVERSE_SUFFIX
 from .metrics import DEFAULT_JSD_BINS, NODE_METRICS, evaluate_nodes, physical_lower_bound
 from .plotting import GENERATED_COLOR, plot_daily_profiles, plot_tsne, plot_value_kde
@@ -71,9 +72,11 @@ class EvaluationResult:
 
     Attributes:
         metrics: the ``metrics.json`` dict (``methods`` -> method name -> the metrics of
-            :data:`METRIC_NAMES`, plus dataset, split, nodes, sampler and metric settings).
+            :data:`METRIC_NAMES`, plus dataset, split, nodes, sampler and metric settings; ``day_types`` ->
+            day type -> the same per day type, for a pipeline with several).
         node_ids: ``(N,)`` the evaluated test nodes.
-        generated: ``(N, S_gen, T, D)`` KGDiff days; ``generated_mask`` ``(N, S_gen)`` bool, the days used.
+        generated: ``(N, S_gen, T, D)`` KGDiff days (with several day types, those of each type one after the
+            other along ``S_gen``); ``generated_mask`` ``(N, S_gen)`` bool, the days used.
         real: ``(N, S, T, D)`` the dataset's days of these nodes (the dataset's day axis, ``dates``);
             ``real_mask`` ``(N, S)`` bool marks the days compared (valid days, at most ``max_days_per_node``).
         dates: ``(S,)`` ISO dates of ``real``'s day axis.
@@ -125,6 +128,7 @@ def generate_for_nodes(
     sampler: str = "ddpm",
     seed: int = 0,
     batch_size: int = 256,
+    day_type: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generated days for known nodes, a possibly different number per node, in one pipeline call.
 
@@ -139,6 +143,7 @@ def generate_for_nodes(
         sampler: ``"ddpm"`` (the paper's shifted DDPM), ``"ddim"``, ``"dpm++"`` or ``"unipc"``.
         seed: seed of the CPU ``torch.Generator`` that draws all noise.
         batch_size: images per denoiser call.
+        day_type: the day type generated (see :meth:`~kgdiff_diffusers.KGDiffPipeline.__call__`).
 
     Returns:
         ``(generated, mask)``: ``(N, S_max, T, D)`` float32 in data units and ``(N, S_max)`` bool.
@@ -160,6 +165,7 @@ def generate_for_nodes(
             num_inference_steps=num_inference_steps,
             generator=torch.Generator().manual_seed(seed),
             batch_size=batch_size,
+            day_type=day_type,
         )
     finally:
         pipe.scheduler = scheduler
@@ -211,6 +217,13 @@ def evaluate_pipeline(
     :func:`~kgdiff_diffusers.metrics.physical_lower_bound` of the training nodes' valid days; both are shared
     by all methods.
 
+    A pipeline trained on several day types (``pipe.config.day_types``, e.g. weekday and weekend) generates
+    each node's days of each type, as many as it has real days of that type; every method is scored per day
+    type against that type's real days (the baselines drawing from the training days of that type), in
+    ``metrics["day_types"][name]`` (``num_test_nodes``, ``num_real_days``, ``methods``), and overall
+    (``metrics["methods"]``: each node's days of all types against all its real days). Real days of a type
+    the pipeline was not trained on are left out (logged).
+
     Args:
         pipe: a :class:`~kgdiff_diffusers.KGDiffPipeline` trained on ``dataset``'s node table.
         dataset: a :class:`~kgdiff_diffusers.data.prepared.PreparedDataset`.
@@ -229,11 +242,11 @@ def evaluate_pipeline(
     """
     check_pipeline_matches(pipe, dataset, split)
 
-    def generate(node_ids: list[str], counts) -> tuple[np.ndarray, np.ndarray]:
-        return generate_for_nodes(pipe, node_ids, counts, num_inference_steps, sampler, seed, batch_size)
+    def generate(node_ids: list[str], counts, day_type: str | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        return generate_for_nodes(pipe, node_ids, counts, num_inference_steps, sampler, seed, batch_size, day_type)
 
     result = _evaluate(dataset, split, generate, seed, samples_per_node, include_baselines, ks,
-                       max_days_per_node, jsd_bins)
+                       max_days_per_node, jsd_bins, pipe.config.get("day_types"))
     result.metrics.update(sampler=sampler, num_inference_steps=int(num_inference_steps))
     return result
 
@@ -256,43 +269,80 @@ def evaluate_baselines(
 
 
 def _evaluate(dataset, split, generate, seed, samples_per_node, include_baselines, ks, max_days_per_node,
-              jsd_bins) -> EvaluationResult:
-    """Shared body of :func:`evaluate_pipeline` (``generate`` = the model) and :func:`evaluate_baselines`."""
+              jsd_bins, day_types=None) -> EvaluationResult:
+    """Shared body of :func:`evaluate_pipeline` and :func:`evaluate_baselines` (``generate`` ``None``).
+
+    ``generate(node_ids, counts, day_type, seed)`` draws the model's days. ``day_types`` (the pipeline's
+    ``config.day_types``; ``None``: every valid day) restricts the compared real days to those types; with
+    several, every day type is generated, drawn by the baselines from the training days of that type and
+    scored against its own real days (``metrics["day_types"]``), and the overall scores compare each node's
+    generated days of all types (as many of each as it has real days of it) with all its real days.
+    """
     rows = dataset.split_rows(split)
-    with_days = dataset.day_mask[rows].any(axis=1)
+    valid = dataset.day_mask[rows]
+    date_types = day_type_indices(dataset.dates)
+    if day_types is not None:
+        known_type = np.isin(date_types, [DAY_TYPES.index(name) for name in day_types])[None]
+        if (valid & ~known_type).any():
+            logger.warning("left out %d real day(s) of day types the pipeline was not trained on (it knows %s)",
+                           int((valid & ~known_type).sum()), day_types)
+        valid = valid & known_type
+    with_days = valid.any(axis=1)
     if not with_days.any():
         raise ValueError(f"dataset {dataset.name!r}: no {split} node has a valid day; nothing to evaluate")
     if not with_days.all():
         logger.warning("left out %d %s node(s) without a valid day: %s", int((~with_days).sum()), split,
                        [dataset.node_ids[row] for row in rows[~with_days]])
-    rows = rows[with_days]
+    rows, valid = rows[with_days], valid[with_days]
     node_ids = [dataset.node_ids[row] for row in rows]
     real = dataset.days[rows]
-    real_mask = _compared_days(dataset.day_mask[rows], max_days_per_node, seed)
-    counts = real_mask.sum(axis=1) if samples_per_node is None else samples_per_node
-    if generate is not None:
-        generated, generated_mask = generate(node_ids, counts)
-        methods = {MODEL_NAME: generated}
-    else:
-        counts = np.broadcast_to(np.asarray(counts, dtype=np.int64), (len(node_ids),))
-        generated_mask = np.arange(counts.max())[None, :] < counts[:, None]
-        generated, methods = None, {}
+    real_mask = _compared_days(valid, max_days_per_node, seed)
     compared = real[real_mask]
     jsd_range = np.stack([compared.min(axis=(0, 1)), compared.max(axis=(0, 1))], axis=1).astype(np.float64)
     train_rows = dataset.train_rows
     lower_bound = physical_lower_bound(dataset.days[train_rows][dataset.day_mask[train_rows]])
-    if include_baselines:
-        coords = dataset.node_table[["lat", "lon"]].to_numpy(dtype=np.float64)
-        methods.update(all_baselines(
-            dataset.days[train_rows], dataset.day_mask[train_rows], coords[train_rows], coords[rows],
-            num_samples=generated_mask.shape[1], ks=ks, seed=seed,
-        ))
-    scores = {
-        name: _method_metrics(
-            evaluate_nodes(days, real, real_mask, generated_mask, jsd_bins, jsd_range, lower_bound)
-        )
-        for name, days in methods.items()
-    }
+    coords = dataset.node_table[["lat", "lon"]].to_numpy(dtype=np.float64)
+
+    def score(methods: dict, nodes: np.ndarray | slice, mask: np.ndarray, generated_mask: np.ndarray) -> dict:
+        return {
+            name: _method_metrics(evaluate_nodes(
+                days[nodes], real[nodes], mask[nodes], generated_mask[nodes], jsd_bins, jsd_range, lower_bound
+            ))
+            for name, days in methods.items()
+        }
+
+    if day_types is None or len(day_types) < 2:
+        groups = [(None, np.ones(len(dataset.dates), dtype=bool))]
+    else:
+        groups = [(name, date_types == DAY_TYPES.index(name)) for name in day_types]
+    group_methods, group_masks, by_day_type = [], [], {}
+    for offset, (day_type, of_type) in enumerate(groups):
+        type_mask = real_mask & of_type[None]
+        real_counts = type_mask.sum(axis=1)
+        if not real_counts.any():
+            continue
+        counts = real_counts if samples_per_node is None else np.where(real_counts > 0, samples_per_node, 0)
+        methods = {}
+        if generate is not None:
+            generated, _ = generate(node_ids, np.maximum(counts, 1), day_type, seed + offset)
+            methods[MODEL_NAME] = generated
+        generated_mask = np.arange(max(counts.max(), 1))[None, :] < counts[:, None]
+        if include_baselines:
+            methods.update(all_baselines(
+                dataset.days[train_rows], dataset.day_mask[train_rows] & of_type[None], coords[train_rows],
+                coords[rows], num_samples=generated_mask.shape[1], ks=ks, seed=seed + offset,
+            ))
+        group_methods.append(methods)
+        group_masks.append(generated_mask)
+        if day_type is not None:
+            nodes = real_counts > 0
+            by_day_type[day_type] = {
+                "num_test_nodes": int(nodes.sum()),
+                "num_real_days": int(type_mask.sum()),
+                "methods": score(methods, nodes, type_mask, generated_mask),
+            }
+    methods = {name: np.concatenate([m[name] for m in group_methods], axis=1) for name in group_methods[0]}
+    generated_mask = np.concatenate(group_masks, axis=1)
     metrics = {
         "dataset": dataset.name,
         "split": split,
@@ -307,8 +357,11 @@ def _evaluate(dataset, split, generate, seed, samples_per_node, include_baseline
         "seed": int(seed),
         "num_real_days": int(real_mask.sum()),
         "max_days_per_node": max_days_per_node,
-        "methods": scores,
+        "methods": score(methods, slice(None), real_mask, generated_mask),
     }
+    if by_day_type:
+        metrics["day_types"] = by_day_type
+    generated = methods.get(MODEL_NAME)
     return EvaluationResult(metrics, node_ids, generated, generated_mask, real, real_mask, list(dataset.dates))
 
 
@@ -386,6 +439,18 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def day_type_tables(metrics: dict) -> str:
+    """A Markdown section per day type of ``metrics["day_types"]`` (:func:`markdown_table` of its methods);
+    empty when the evaluation was not split by day type."""
+    sections = []
+    for day_type, scores in metrics.get("day_types", {}).items():
+        sections.append(
+            f"### {day_type}: {scores['num_real_days']} real days of {scores['num_test_nodes']} nodes\n\n"
+            + markdown_table(scores)
+        )
+    return "\n".join(sections)
+
+
 def write_report(
     result: EvaluationResult,
     output_dir: str | Path,
@@ -432,6 +497,8 @@ def write_report(
         "is bold.",
         "",
         markdown_table(metrics),
+        *(["Each day type against its own real days (the table above: all days):", "", day_type_tables(metrics)]
+          if "day_types" in metrics else []),
         "- MAE / RMSE: between each node's mean generated day and mean real day, averaged over nodes.",
         f"- {metrics['mmd_bandwidth']}.",
         f"- JSD: natural log (at most ln 2), {metrics['jsd_bins']} bins over the real test values' range "

@@ -50,7 +50,7 @@ from huggingface_hub.repocard import RepoCard
 from safetensors import safe_open
 
 from .data.prepared import DAYS_DIR, DAYS_PARQUET, EMBEDDINGS_FILE, KG_DIR, META_FILE, NODES_FILE
-from .evaluation import MMD_BANDWIDTH_NOTE, MODEL_NAME, markdown_table
+from .evaluation import MMD_BANDWIDTH_NOTE, MODEL_NAME, day_type_tables, markdown_table
 from .kg.graph import INVERSE_SUFFIX, KnowledgeGraph
 from .pipelines.pipeline_kgdiff import KGDiffPipeline
 from .schedulers.scheduling_kgdiff import SAMPLERS
@@ -387,6 +387,8 @@ def render_model_card(
         swap_sampler=sampler in SAMPLERS and sampler != "ddpm",
         num_inference_steps=int(metrics.get("num_inference_steps", 50)),
         results_table=markdown_table(metrics).strip(),
+        day_type_results=day_type_tables(metrics).strip(),
+        day_types=index.get("day_types"),
         mmd_bandwidth=bandwidth if isinstance(bandwidth, str) else MMD_BANDWIDTH_NOTE,
         jsd_bins=metrics.get("jsd_bins", "n/a"),
         features=_units(list(index["feature_names"]), text, int(index["interval_minutes"])),

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data.days import DAY_TYPES, day_type_indices
 from .delay_embedding import DelayEmbedding, check_delay_embedding, choose_delay_embedding
 from .evaluation import MODEL_NAME, evaluate_pipeline
 from .models.condition_encoder import KGConditionEncoder
@@ -38,6 +39,7 @@ def kgdiff_loss(
     meta_pattern_weight: float = 1.0,
     generator: torch.Generator | None = None,
     donor_prior: KGDiffDonorPrior | None = None,
+    day_types: torch.Tensor | None = None,
 ) -> KGDiffLoss:
     r"""One Monte-Carlo estimate of the KGDiff objective for a batch of (node, day) samples.
 
@@ -63,9 +65,12 @@ def kgdiff_loss(
         meta_pattern_weight: weight of the meta-pattern term.
         generator: optional RNG for steps and noise.
         donor_prior: the level/shape prior of the residual model.
+        day_types: ``(B,)`` each day's day type (its position in the pipeline's ``day_types``, see
+            :func:`training_day_types`); needed when the model is conditioned on several. ``phi``, the donors'
+            estimate and the node's own mean day and spread are then those of the day's type.
     """
     batch = days.shape[0]
-    phi = condition_encoder(node_rows)
+    phi = condition_encoder(node_rows, day_types)
     x0 = delay_embedding.to_image(days)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=x0.device)
@@ -75,8 +80,8 @@ def kgdiff_loss(
         if meta_pattern is not None:
             meta_loss = meta_loss + F.mse_loss(meta_pattern(phi), days)
         if donor_prior.config.weighting == "learned":
-            meta_loss = meta_loss + F.mse_loss(donor_prior(node_rows)[0], days)
-        own_series, own_scale = donor_prior.own_statistics(node_rows)
+            meta_loss = meta_loss + F.mse_loss(donor_prior(node_rows, day_types=day_types)[0], days)
+        own_series, own_scale = donor_prior.own_statistics(node_rows, day_types)
         meta_image = delay_embedding.to_image(own_series)
         x0 = (x0 - meta_image) / own_scale[..., None, None]
         noisy = scheduler.add_noise(x0, noise, timesteps)
@@ -116,6 +121,9 @@ class KGDiffModelConfig:
     models the scaled residual. ``use_donor_prior=False`` is the paper's configuration. ``num_bank_days``
     real days per donor are stored for sampling to start from (:func:`choose_donor_day_start`; 0: sampling
     starts from noise).
+
+    Day types are not a setting: a model is conditioned on weekday / weekend when its training days hold
+    both (data prepared with ``--include_weekends``), see :func:`trained_day_types`.
     """
 
     condition_dim: int = 128
@@ -148,7 +156,9 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
 
     The condition encoder indexes every node of the dataset (train and test: a test node's condition
     comes from its KG neighbours only, never from its data) and starts from the dataset's TuckER
-    embeddings. Normalisation statistics, node ids and KG names are stored in the pipeline.
+    embeddings. Normalisation statistics, node ids, KG names and the day types of the training days
+    (:func:`trained_day_types`) are stored in the pipeline; with two day types the encoder and the donor
+    prior are conditioned on them.
     """
     config = config or KGDiffModelConfig()
     if dataset.entity_embeddings is None or dataset.relation_embeddings is None:
@@ -168,6 +178,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         window, stride = choose_delay_embedding(steps, side_multiple)
     delay_embedding = check_delay_embedding(steps, window, stride, side_multiple)
     kg = dataset.kg
+    day_types = trained_day_types(dataset)
     node_entities = dataset.node_table["entity"].astype(str).tolist()
     edge_node, edge_relation, edge_neighbor = kg.neighbor_index(node_entities)
     encoder = KGConditionEncoder.from_knowledge_graph(
@@ -186,6 +197,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         use_guidance=config.use_guidance,
         neighbor_weighting=config.neighbor_weighting,
         geometry_form=config.geometry_form,
+        num_day_types=len(day_types),
     )
     num_blocks = len(config.block_out_channels)
     unet = KGDiffUNet2DModel(
@@ -205,7 +217,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
     )
     donor_prior = (
         build_donor_prior(
-            dataset, (edge_node, edge_relation, edge_neighbor), config.num_donors, config.donor_weighting,
+            dataset, (edge_node, edge_relation, edge_neighbor), config.num_donors, config.donor_weighting, day_types,
             config.num_bank_days,
         )
         if config.use_donor_prior
@@ -233,7 +245,22 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         entity_names=list(kg.entities),
         relation_names=kg.relation_names_with_inverse(),
         output_min=output_bounds(dataset),
+        day_types=day_types,
     )
+
+
+def trained_day_types(dataset) -> list[str]:
+    """The day types (:data:`~kgdiff_diffusers.data.days.DAY_TYPES` names, in that order) of the train nodes' days.
+
+    ``["weekday"]`` for the paper's weekday-only data, ``["weekday", "weekend"]`` for data prepared with
+    ``--include_weekends``.
+    """
+    train_rows = np.asarray(dataset.train_rows, dtype=np.int64)
+    dates_used = dataset.day_mask[train_rows].any(axis=0)
+    present = np.unique(day_type_indices(dataset.dates)[dates_used])
+    if not len(present):
+        raise ValueError(f"dataset {dataset.name!r} has no valid training days")
+    return [DAY_TYPES[k] for k in present]
 
 
 def output_bounds(dataset) -> list[float | None]:
@@ -246,15 +273,19 @@ def output_bounds(dataset) -> list[float | None]:
     return bounds
 
 
-def node_day_statistics(dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def node_day_statistics(dataset, day_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each node's mean valid day and day-to-day spread, in data units.
+
+    Args:
+        day_mask: ``(N, S)`` bool, the days to use; ``None`` = every valid day (``dataset.day_mask``).
 
     Returns:
         ``profiles`` ``(N, D, T)`` (0 for nodes without data), ``spreads`` ``(N, D)`` (the RMS deviation of the
         node's days from its mean day over days and steps), ``has_data`` ``(N,)`` bool.
     """
-    mask = dataset.day_mask[..., None, None]
-    counts = dataset.day_mask.sum(axis=1)
+    day_mask = dataset.day_mask if day_mask is None else day_mask
+    mask = day_mask[..., None, None]
+    counts = day_mask.sum(axis=1)
     has_data = counts > 0
     safe = np.maximum(counts, 1)[:, None, None]
     profiles = (dataset.days * mask).sum(axis=1) / safe  # (N, T, D)
@@ -263,15 +294,52 @@ def node_day_statistics(dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return profiles.transpose(0, 2, 1).astype(np.float32), spreads.astype(np.float32), has_data
 
 
+def day_type_statistics(dataset, day_types: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`node_day_statistics` of each day type's days.
+
+    A node with days but none of a type gets its statistics over all its days for that type (a donor that
+    was never measured on a weekend lends its overall day).
+
+    Args:
+        day_types: ``(K,)`` names from :data:`~kgdiff_diffusers.data.days.DAY_TYPES`.
+
+    Returns:
+        ``profiles`` ``(K, N, D, T)``, ``spreads`` ``(K, N, D)``, ``has_days`` ``(K, N)`` bool (days of that type).
+    """
+    all_profiles, all_spreads, _ = node_day_statistics(dataset)
+    date_types = day_type_indices(dataset.dates)
+    profiles, spreads, has_days = [], [], []
+    for name in day_types:
+        of_type = dataset.day_mask & (date_types == DAY_TYPES.index(name))[None]
+        type_profiles, type_spreads, has = node_day_statistics(dataset, of_type)
+        profiles.append(np.where(has[:, None, None], type_profiles, all_profiles))
+        spreads.append(np.where(has[:, None], type_spreads, all_spreads))
+        has_days.append(has)
+    return np.stack(profiles), np.stack(spreads), np.stack(has_days)
+
+
 def build_donor_prior(
     dataset,
     kg_index: tuple[np.ndarray, np.ndarray, np.ndarray],
     num_donors: int = 8,
     weighting: str = "uniform",
+    day_types: list[str] | None = None,
     num_bank_days: int = 0,
 ) -> KGDiffDonorPrior:
-    """A :class:`KGDiffDonorPrior` whose donors are the dataset's training nodes with data."""
+    """A :class:`KGDiffDonorPrior` whose donors are the dataset's training nodes with data.
+
+    With two or more ``day_types`` the donors keep one mean day and spread per day type
+    (:func:`day_type_statistics`).
+    """
     profiles, spreads, has_data = node_day_statistics(dataset)
+    day_masks = dataset.day_mask[None]
+    if day_types is not None and len(day_types) > 1:
+        profiles, spreads, has_days = day_type_statistics(dataset, day_types)
+        date_types = day_type_indices(dataset.dates)
+        day_masks = np.stack([
+            np.where(has[:, None], dataset.day_mask & (date_types == DAY_TYPES.index(name))[None], dataset.day_mask)
+            for name, has in zip(day_types, has_days)
+        ])  # a donor without days of a type lends all its days, as its summaries do
     train_rows = np.asarray(dataset.train_rows, dtype=np.int64)
     bank_rows = train_rows[has_data[train_rows]]
     return KGDiffDonorPrior.from_training_data(
@@ -287,9 +355,21 @@ def build_donor_prior(
         num_donors=num_donors,
         weighting=weighting,
         days=dataset.days,
-        day_mask=dataset.day_mask,
+        day_masks=day_masks,
         num_bank_days=num_bank_days,
     )
+
+
+def _training_pairs(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """``(K,)`` node rows and ``(K,)`` day indices of the TRAIN nodes' valid days, node-major."""
+    train_rows = np.asarray(dataset.train_rows, dtype=np.int64)
+    test_rows = set(np.asarray(dataset.test_rows).tolist())
+    if test_rows & set(train_rows.tolist()):
+        raise ValueError("the dataset's train and test node sets overlap")
+    node_index, day_index = np.nonzero(dataset.day_mask[train_rows])
+    if len(node_index) == 0:
+        raise ValueError(f"dataset {dataset.name!r} has no valid training days")
+    return train_rows[node_index], day_index
 
 
 def training_samples(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,19 +381,28 @@ def training_samples(dataset) -> tuple[torch.Tensor, torch.Tensor]:
         ``days`` ``(K, D, T)`` float32 normalised with the dataset's train statistics, and ``node_rows``
         ``(K,)`` int64 encoder rows (positions in ``dataset.node_ids``).
     """
-    train_rows = np.asarray(dataset.train_rows, dtype=np.int64)
-    test_rows = set(np.asarray(dataset.test_rows).tolist())
-    if test_rows & set(train_rows.tolist()):
-        raise ValueError("the dataset's train and test node sets overlap")
-    node_index, day_index = np.nonzero(dataset.day_mask[train_rows])
-    rows = train_rows[node_index]
-    if len(rows) == 0:
-        raise ValueError(f"dataset {dataset.name!r} has no valid training days")
+    rows, day_index = _training_pairs(dataset)
     days = dataset.days[rows, day_index]  # (K, T, D)
     normalised = (days - dataset.feature_mean) / dataset.feature_std
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 2, 1), dtype=np.float32)), torch.from_numpy(
         rows
     )
+
+
+def training_day_types(dataset, day_types: list[str] | None) -> torch.Tensor:
+    """``(K,)`` int64 day type of each :func:`training_samples` day: its position in ``day_types``.
+
+    Args:
+        day_types: the pipeline's ``config.day_types``; ``None`` (a pipeline without day types) gives zeros.
+    """
+    _, day_index = _training_pairs(dataset)
+    if day_types is None:
+        return torch.zeros(len(day_index), dtype=torch.long)
+    names = np.asarray(DAY_TYPES)[day_type_indices(dataset.dates)[day_index]]
+    unknown = sorted(set(names) - set(day_types))
+    if unknown:
+        raise ValueError(f"training days of type(s) {unknown}, which the pipeline's day_types {day_types} lack")
+    return torch.tensor([day_types.index(name) for name in names], dtype=torch.long)
 
 
 @torch.no_grad()
@@ -323,7 +412,9 @@ def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[fl
     ``f = b * f_donors + (1 - b) * f(phi)``: the donor prior wins where nearby and KG-similar training nodes
     resemble an unseen place (NYC-Bike), the KG regression where the KG explains the days (the synthetic
     city). The choice uses only VALIDATION nodes (training-side nodes excluded from training), scored
-    like the test: MAE between each node's mean valid day and its ``f`` in data units.
+    like the test: MAE between each node's mean valid day and its ``f`` in data units. A pipeline with
+    several day types is scored on every (node, day type) with days of that type, against the node's mean
+    day of the type.
 
     Returns:
         the chosen ``(D,)`` weights, or ``None`` (left unchanged) when the pipeline lacks one of the two
@@ -335,11 +426,21 @@ def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[fl
     rows = rows[dataset.day_mask[rows].any(axis=1)]
     if not len(rows):
         return None
-    node_ids = [dataset.node_ids[r] for r in rows]
-    donors = pipe.prior(node_ids)[0]
-    learned = pipe.meta_pattern(pipe.condition(node_ids))
-    profiles, _, _ = node_day_statistics(dataset)
-    real = torch.from_numpy(profiles[rows]).transpose(1, 2)  # (V, T, D)
+    day_types = pipe.config.get("day_types") or []
+    if len(day_types) > 1:
+        profiles, _, has_days = day_type_statistics(dataset, day_types)
+        groups = [
+            (name, rows[has_days[k, rows]], profiles[k]) for k, name in enumerate(day_types) if has_days[k, rows].any()
+        ]
+    else:
+        groups = [(None, rows, node_day_statistics(dataset)[0])]
+    donors, learned, real = [], [], []
+    for day_type, group_rows, profiles in groups:
+        node_ids = [dataset.node_ids[r] for r in group_rows]
+        donors.append(pipe.prior(node_ids, day_type=day_type)[0])
+        learned.append(pipe.meta_pattern(pipe.condition(node_ids, day_type=day_type)))
+        real.append(torch.from_numpy(profiles[group_rows]).transpose(1, 2))  # (V, T, D)
+    donors, learned, real = torch.cat(donors), torch.cat(learned), torch.cat(real)
     weights = torch.linspace(0.0, 1.0, grid)
     errors = torch.stack([
         (pipe._clip_to_range(pipe._to_data_units(b * donors + (1 - b) * learned)) - real).abs().mean(dim=(0, 1))

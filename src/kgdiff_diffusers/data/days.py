@@ -1,4 +1,4 @@
-"""Day samples (one day of one node), gap handling, latitude node splits and folds, normalisation stats."""
+"""Day samples (one day of one node), day types, gap handling, latitude node splits and folds, normalisation stats."""
 
 from __future__ import annotations
 
@@ -12,6 +12,20 @@ from .series import SpatioTemporalData
 MINUTES_PER_DAY = 24 * 60
 DEFAULT_MAX_GAP_MINUTES = 60
 DEFAULT_MAX_MISSING_FRACTION = 0.1
+# Day types a pipeline can be conditioned on, in index order: Monday to Friday, then Saturday and Sunday.
+DAY_TYPES = ("weekday", "weekend")
+
+
+def day_type_indices(dates: Sequence[str]) -> np.ndarray:
+    """The day type of each date: its index in :data:`DAY_TYPES` (0 = Monday-Friday, 1 = Saturday/Sunday).
+
+    Args:
+        dates: ``(S,)`` ISO dates (``"2024-03-04"``), e.g. a prepared dataset's ``dates``.
+
+    Returns:
+        ``(S,)`` int64.
+    """
+    return (pd.DatetimeIndex(list(dates)).day_of_week >= 5).astype(np.int64)
 
 
 def longest_run(missing: np.ndarray) -> np.ndarray:

@@ -68,6 +68,10 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
     ``use_guidance=False`` returns ``phi = 0`` for every node
     (an unconditional model).
 
+    ``num_day_types > 1`` conditions on the day type too (weekday / weekend): a learnt vector per day type,
+    zero at initialisation, is added to ``phi`` (:meth:`add_day_type`), so the meta pattern and the denoiser
+    see both. The default ``num_day_types=1`` creates no parameter for it and leaves ``phi`` as above.
+
     ``neighbor_weighting`` chooses the mean of eq. 15: ``"uniform"`` (as published) weighs every edge the
     same, so a zone with 700 POIs and 5 adjacent zones is described almost only by its POIs;
     ``"relation"`` first averages the messages of each relation, then averages those relation means (each
@@ -90,6 +94,7 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
             gyromidpoints, see above).
         init_hyperbolic_curvature: initial ``c1`` (< 0).
         init_spherical_curvature: initial ``c2`` (> 0).
+        num_day_types: day types conditioned on (``1``: none).
     """
 
     @register_to_config
@@ -111,8 +116,11 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         geometry_form: str = "as_published",
         init_hyperbolic_curvature: float = -1.0,
         init_spherical_curvature: float = 1.0,
+        num_day_types: int = 1,
     ):
         super().__init__()
+        if num_day_types < 1:
+            raise ValueError(f"num_day_types must be >= 1, got {num_day_types}")
         if init_hyperbolic_curvature >= 0 or init_spherical_curvature <= 0:
             raise ValueError("init_hyperbolic_curvature must be < 0 and init_spherical_curvature > 0")
         if neighbor_weighting not in NEIGHBOR_WEIGHTINGS:
@@ -157,6 +165,9 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
                     for name in (self.experts if use_geometry_moe else [])
                 }
             )
+        if num_day_types > 1:
+            self.day_type_embedding = nn.Embedding(num_day_types, condition_dim)
+            nn.init.zeros_(self.day_type_embedding.weight)
 
     @classmethod
     def from_knowledge_graph(
@@ -367,17 +378,45 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         """``(num_entities, num_relations)``."""
         return self.entity_embeddings.shape[0], self.relation_embeddings.shape[0]
 
-    def forward(self, node_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def add_day_type(self, phi: torch.Tensor, day_types: torch.Tensor | None) -> torch.Tensor:
+        """``phi`` plus the learnt vector of each row's day type.
+
+        Args:
+            phi: ``(B, condition_dim)`` conditions of the KG neighbourhoods.
+            day_types: ``(B,)`` int day type of each row, in ``[0, num_day_types)``; ``None`` only for an
+                encoder without day types (``num_day_types=1``, where ``phi`` is returned unchanged).
+
+        Returns:
+            ``(B, condition_dim)``.
+        """
+        num_day_types = self.config.num_day_types
+        if day_types is None:
+            if num_day_types > 1:
+                raise ValueError(f"this encoder is conditioned on {num_day_types} day types: pass day_types")
+            return phi
+        day_types = torch.as_tensor(day_types, dtype=torch.long, device=phi.device)
+        if day_types.shape != phi.shape[:1]:
+            raise ValueError(f"day_types must have shape ({len(phi)},), got {tuple(day_types.shape)}")
+        if len(day_types) and (int(day_types.min()) < 0 or int(day_types.max()) >= num_day_types):
+            raise ValueError(f"day types must lie in [0, {num_day_types})")
+        if num_day_types == 1:
+            return phi
+        return phi + self.day_type_embedding(day_types)
+
+    def forward(self, node_rows: torch.Tensor | None = None, day_types: torch.Tensor | None = None) -> torch.Tensor:
         """The condition of indexed nodes.
 
         Args:
             node_rows: ``(B,)`` rows of the stored index (may repeat); ``None`` means all nodes.
+            day_types: ``(B,)`` day type of each row (see :meth:`add_day_type`); needed when
+                ``num_day_types > 1``.
 
         Returns:
             ``(B, condition_dim)`` ``phi`` (``(num_nodes, condition_dim)`` for ``None``).
         """
         if node_rows is None:
-            return self._aggregate(self.edge_node, self.edge_relation, self.edge_neighbor, self.config.num_nodes)
+            phi = self._aggregate(self.edge_node, self.edge_relation, self.edge_neighbor, self.config.num_nodes)
+            return self.add_day_type(phi, day_types)
         node_rows = torch.as_tensor(node_rows, dtype=torch.long, device=self.edge_node.device)
         if len(node_rows) and (int(node_rows.min()) < 0 or int(node_rows.max()) >= self.config.num_nodes):
             raise ValueError(f"node rows must lie in [0, {self.config.num_nodes})")
@@ -388,7 +427,7 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         phi = self._aggregate(
             local_row[self.edge_node[keep]], self.edge_relation[keep], self.edge_neighbor[keep], len(unique_rows)
         )
-        return phi[inverse]
+        return self.add_day_type(phi[inverse], day_types)
 
 
 def _clip_norm(x: torch.Tensor, max_norm: torch.Tensor) -> torch.Tensor:

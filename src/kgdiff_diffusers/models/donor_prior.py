@@ -48,14 +48,19 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
     ones (they fit interpolation between training nodes, not extrapolation to a new area): see
     bench/README.md.
 
+    With ``num_day_types > 1`` (weekday / weekend) each donor keeps one summary (``P``, ``L``, ``sigma``) per
+    day type, stacked in blocks: row ``k * num_bank + j`` of ``bank_profile`` / ``bank_level`` /
+    ``bank_spread`` is donor ``j``'s over its days of type ``k``, and the prior of a day type is built from
+    the donors' summaries of that type (the same candidates and weights).
+
     A node is never its own donor, so no node's prior depends on its own data. The donors' summaries
     (``P``, ``L``, ``sigma``, locations, neighbour sets) are buffers, saved with the weights; priors of new
     places are computed from their location (optional) and KG neighbours by :meth:`candidates_for`.
 
-    With ``num_bank_days > 0`` up to that many real days of each donor are stored too (so a saved pipeline
-    holds that much training data): :meth:`donor_days` draws whole days from a node's candidates, rescaled
-    to its level, as the starting points from which the pipeline denoises (copied days keep the day-to-day
-    structure that a mean plus noise lacks).
+    With ``num_bank_days > 0`` up to that many real days of each donor (per day type, in the same blocks)
+    are stored too, so a saved pipeline holds that much training data: :meth:`donor_days` draws whole days
+    from a node's candidates, rescaled to its level, as the starting points from which the pipeline
+    denoises (copied days keep the day-to-day structure that a mean plus noise lacks).
 
     Args:
         num_nodes: nodes with precomputed candidates (the pipeline's ``node_ids``, in order).
@@ -71,7 +76,8 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         num_bank_edges: stored (donor, entity) pairs of the donors' neighbour sets.
         feature_mean, feature_std: ``(D,)`` the pipeline's normalisation; outputs are in normalised units.
         weighting: ``"uniform"`` or ``"learned"`` donor weights.
-        num_bank_days: real days stored per donor for :meth:`donor_days` (0: none).
+        num_day_types: day types with their own donor summaries (``1``: one over all days).
+        num_bank_days: real days stored per donor and day type for :meth:`donor_days` (0: none).
     """
 
     @register_to_config
@@ -91,9 +97,12 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         feature_mean: list[float] | None = None,
         feature_std: list[float] | None = None,
         weighting: str = "uniform",
+        num_day_types: int = 1,
         num_bank_days: int = 0,
     ):
         super().__init__()
+        if num_day_types < 1:
+            raise ValueError(f"num_day_types must be >= 1, got {num_day_types}")
         if level_mode not in ("multiplicative", "additive"):
             raise ValueError(f"level_mode must be 'multiplicative' or 'additive', got {level_mode!r}")
         if weighting not in DONOR_WEIGHTINGS:
@@ -103,9 +112,10 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         self.register_buffer("feature_mean_", torch.tensor(mean).view(-1, 1), persistent=False)
         self.register_buffer("feature_std_", torch.tensor(std).view(-1, 1), persistent=False)
         self.register_buffer("node_bank_row", torch.full((num_nodes,), -1, dtype=torch.long))
-        self.register_buffer("bank_profile", torch.zeros(num_bank, num_features, seq_len))
-        self.register_buffer("bank_level", torch.ones(num_bank, num_features))
-        self.register_buffer("bank_spread", torch.zeros(num_bank, num_features))
+        num_summaries = num_day_types * num_bank
+        self.register_buffer("bank_profile", torch.zeros(num_summaries, num_features, seq_len))
+        self.register_buffer("bank_level", torch.ones(num_summaries, num_features))
+        self.register_buffer("bank_spread", torch.zeros(num_summaries, num_features))
         self.register_buffer("bank_location", torch.zeros(num_bank, 2))
         self.register_buffer("bank_log_degree", torch.zeros(num_bank, num_relations))
         self.register_buffer("bank_edge_row", torch.zeros(num_bank_edges, dtype=torch.long))
@@ -116,8 +126,8 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         self.register_buffer("candidate_features", torch.zeros(num_nodes, num_candidates, NUM_DONOR_FEATURES))
         self.register_buffer("node_log_degree", torch.zeros(num_nodes, num_relations))
         if num_bank_days > 0:  # absent from pipelines saved before the day bank existed
-            self.register_buffer("bank_days", torch.zeros(num_bank, num_bank_days, num_features, seq_len))
-            self.register_buffer("bank_day_count", torch.zeros(num_bank, dtype=torch.long))
+            self.register_buffer("bank_days", torch.zeros(num_summaries, num_bank_days, num_features, seq_len))
+            self.register_buffer("bank_day_count", torch.zeros(num_summaries, dtype=torch.long))
         if weighting == "learned":
             self.scorer = nn.Sequential(
                 nn.Linear(NUM_DONOR_FEATURES, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 2 * num_features)
@@ -145,35 +155,43 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         hidden_dim: int = 32,
         weighting: str = "uniform",
         days: np.ndarray | None = None,
-        day_mask: np.ndarray | None = None,
+        day_masks: np.ndarray | None = None,
         num_bank_days: int = 0,
     ) -> KGDiffDonorPrior:
         """Builds the prior for ``N`` nodes whose rows ``bank_rows`` are the training nodes with data.
 
         Args:
-            profiles: ``(N, D, T)`` each node's mean valid day, data units (only ``bank_rows`` are read).
-            spreads: ``(N, D)`` std of each node's days around its mean day (only ``bank_rows`` are read).
+            profiles: ``(N, D, T)`` each node's mean valid day, data units (only ``bank_rows`` are read); or
+                ``(K, N, D, T)`` one per day type, for a prior with ``num_day_types = K``.
+            spreads: ``(N, D)`` std of each node's days around its mean day (only ``bank_rows`` are read); or
+                ``(K, N, D)`` one per day type.
             bank_rows: ``(B,)`` rows of the donor nodes (training nodes with data).
             locations: ``(N, 2)`` latitude, longitude in degrees.
             edge_node, edge_relation, edge_neighbor: ``(E,)`` the KG index of the ``N`` nodes.
             feature_mean, feature_std: ``(D,)`` normalisation of the pipeline.
-            days, day_mask: ``(N, S, T, D)`` data units and ``(N, S)`` bool valid days; with
-                ``num_bank_days > 0``, that many of each donor's valid days (evenly spaced in time) are stored.
+            days: ``(N, S, T, D)`` data units; with ``num_bank_days > 0``, that many days of each donor
+                (evenly spaced in time) are stored per day type, chosen by ``day_masks``.
+            day_masks: ``(K, N, S)`` bool, the days of each day type to store (or ``(N, S)`` for one type).
         """
         bank_rows = np.asarray(bank_rows, dtype=np.int64)
-        if num_bank_days > 0 and (days is None or day_mask is None):
-            raise ValueError("num_bank_days > 0 needs the days and day_mask of the nodes")
+        if num_bank_days > 0 and (days is None or day_masks is None):
+            raise ValueError("num_bank_days > 0 needs the days and day_masks of the nodes")
         if len(bank_rows) < 2:
             raise ValueError(f"the donor prior needs at least 2 training nodes with data, got {len(bank_rows)}")
-        num_nodes, num_features, seq_len = profiles.shape
-        bank_profile = profiles[bank_rows]
-        if not np.isfinite(bank_profile).all() or not np.isfinite(spreads[bank_rows]).all():
+        if profiles.ndim == 3:
+            profiles, spreads = profiles[None], spreads[None]
+        num_day_types, num_nodes, num_features, seq_len = profiles.shape
+        if spreads.shape != profiles.shape[:3]:
+            raise ValueError(f"spreads {spreads.shape} do not match profiles {profiles.shape}")
+        bank_profile = profiles[:, bank_rows].reshape(-1, num_features, seq_len)
+        bank_spread = spreads[:, bank_rows].reshape(-1, num_features)
+        if not np.isfinite(bank_profile).all() or not np.isfinite(bank_spread).all():
             raise ValueError("training profiles for the donor prior contain NaN or inf")
         level_mode = "multiplicative" if bank_profile.min() >= 0 else "additive"
         if level_mode == "multiplicative":
             bank_level = bank_profile.mean(axis=2)
         else:
-            bank_level = np.ones((len(bank_rows), num_features))
+            bank_level = np.ones((len(bank_profile), num_features))
         edge_node, edge_relation, edge_neighbor = (
             np.asarray(a, dtype=np.int64) for a in (edge_node, edge_relation, edge_neighbor)
         )
@@ -200,15 +218,16 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             feature_mean=[float(m) for m in feature_mean],
             feature_std=[float(v) for v in feature_std],
             weighting=weighting,
+            num_day_types=num_day_types,
             num_bank_days=num_bank_days,
         )
         if num_bank_days > 0:
-            model._store_bank_days(days, day_mask, bank_rows)
+            model._store_bank_days(days, day_masks if day_masks.ndim == 3 else day_masks[None], bank_rows)
         log_degree = _log_degree(edge_node, edge_relation, num_nodes, num_relations)
         with torch.no_grad():
             model.bank_profile.copy_(torch.from_numpy(bank_profile))
             model.bank_level.copy_(torch.from_numpy(np.maximum(bank_level, _EPS)))
-            model.bank_spread.copy_(torch.from_numpy(spreads[bank_rows]))
+            model.bank_spread.copy_(torch.from_numpy(bank_spread))
             model.bank_location.copy_(torch.tensor(np.asarray(locations, dtype=np.float64)[bank_rows]))
             model.bank_log_degree.copy_(torch.from_numpy(log_degree[bank_rows]))
             model.bank_edge_row.copy_(torch.from_numpy(pairs[0]))
@@ -233,15 +252,21 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         return model
 
     @torch.no_grad()
-    def _store_bank_days(self, days: np.ndarray, day_mask: np.ndarray, bank_rows: np.ndarray) -> None:
-        capacity = self.config.num_bank_days
-        for bank_row, node in enumerate(bank_rows):
-            valid = np.flatnonzero(day_mask[node])
-            chosen = valid[np.linspace(0, len(valid) - 1, min(capacity, len(valid))).round().astype(np.int64)]
-            if not np.isfinite(days[node, chosen]).all():
-                raise ValueError("training days for the donor prior's day bank contain NaN or inf")
-            self.bank_days[bank_row, : len(chosen)] = torch.from_numpy(days[node, chosen].transpose(0, 2, 1))
-            self.bank_day_count[bank_row] = len(chosen)
+    def _store_bank_days(self, days: np.ndarray, day_masks: np.ndarray, bank_rows: np.ndarray) -> None:
+        capacity, num_bank = self.config.num_bank_days, self.config.num_bank
+        if len(day_masks) != self.config.num_day_types:
+            raise ValueError(f"day_masks has {len(day_masks)} day types, the prior {self.config.num_day_types}")
+        for day_type, mask in enumerate(day_masks):
+            for bank_row, node in enumerate(bank_rows):
+                valid = np.flatnonzero(mask[node])
+                if not len(valid):
+                    raise ValueError(f"donor row {node} has no day to store for day type {day_type}")
+                chosen = valid[np.linspace(0, len(valid) - 1, min(capacity, len(valid))).round().astype(np.int64)]
+                if not np.isfinite(days[node, chosen]).all():
+                    raise ValueError("training days for the donor prior's day bank contain NaN or inf")
+                summary = day_type * num_bank + bank_row
+                self.bank_days[summary, : len(chosen)] = torch.from_numpy(days[node, chosen].transpose(0, 2, 1))
+                self.bank_day_count[summary] = len(chosen)
 
     # ----------------------------------------------------------------------------------------------------
     # Candidates
@@ -322,12 +347,15 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         self,
         node_rows: torch.Tensor | None = None,
         candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        day_types: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The prior of indexed nodes (``node_rows``) or of new places (``candidates``).
 
         Args:
             node_rows: ``(B,)`` rows of precomputed candidates.
             candidates: ``(index (B, 2K), features (B, 2K, F), log_degree (B, R))`` for new places.
+            day_types: ``(B,)`` day type of each prior, in ``[0, num_day_types)``; needed when
+                ``num_day_types > 1``.
 
         Returns:
             ``mean_day`` ``(B, D, T)`` and ``scale`` ``(B, D)`` in normalised units (the pipeline's
@@ -340,7 +368,9 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             index, features, log_degree = candidates
         num_features = self.config.num_features
         batch, num_candidates = index.shape
-        level, profile, spread = self.bank_level[index], self.bank_profile[index], self.bank_spread[index]
+        day_types = self._check_day_types(day_types, batch, index.device)
+        summary = index + (day_types * self.config.num_bank).unsqueeze(1)
+        level, profile, spread = self.bank_level[summary], self.bank_profile[summary], self.bank_spread[summary]
         donor_log_degree = self.bank_log_degree[index]  # (B, 2K, R)
         if self.config.weighting == "uniform":
             shape_weight = level_weight = torch.full(
@@ -352,9 +382,9 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             )  # (B, 2K+1, 2D): the last candidate is the mean of all donors
             weights = torch.softmax(logits, dim=1)
             shape_weight, level_weight = weights[..., :num_features], weights[..., num_features:]
-            level = torch.cat([level, self.bank_level.mean(0).expand(batch, 1, -1)], dim=1)
-            profile = torch.cat([profile, self.bank_profile.mean(0).expand(batch, 1, -1, -1)], dim=1)
-            spread = torch.cat([spread, self.bank_spread.mean(0).expand(batch, 1, -1)], dim=1)
+            level = torch.cat([level, self._mean_of_donors(self.bank_level, day_types)], dim=1)
+            profile = torch.cat([profile, self._mean_of_donors(self.bank_profile, day_types)], dim=1)
+            spread = torch.cat([spread, self._mean_of_donors(self.bank_spread, day_types)], dim=1)
             donor_log_degree = torch.cat([donor_log_degree, self.bank_log_degree.mean(0).expand(batch, 1, -1)], dim=1)
 
         if self.config.level_mode == "additive":
@@ -375,13 +405,15 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         mean_day: torch.Tensor,
         level_exponent: float,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        day_types: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One real day of a random candidate donor per row, rescaled towards the row's level.
 
         Each row draws a candidate uniformly (a donor found by both searches twice as often), then one of
-        its stored days ``x``; with the row's level ``l`` (the time mean of ``mean_day`` in data units) and the
-        donor's level ``L``, the day becomes ``x (l / L)^a`` (``"additive"`` mode: ``x + a (l - L)``), where
-        ``a = level_exponent`` (0: copied as it was, 1: the row's level).
+        its stored days ``x`` (of the row's day type); with the row's level ``l`` (the time mean of
+        ``mean_day`` in data units) and the donor's level ``L``, the day becomes ``x (l / L)^a``
+        (``"additive"`` mode: ``x + a (l - L)``), where ``a = level_exponent`` (0: copied as it was, 1: the
+        row's level).
 
         Args:
             index: ``(B, 2K)`` candidate bank rows of each generated day (from :meth:`candidates_for` or the
@@ -389,20 +421,24 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             mean_day: ``(B, D, T)`` each day's prior mean, normalised (:meth:`forward`).
             level_exponent: ``a``.
             generator: one generator, one per row, or ``None``.
+            day_types: ``(B,)`` day type of each row; needed when ``num_day_types > 1``.
 
         Returns:
             ``(B, D, T)`` days in normalised units.
         """
-        if self.config.num_bank_days == 0:
+        if self.config.get("num_bank_days", 0) == 0:
             raise ValueError("this donor prior stores no days (num_bank_days=0)")
-        generators = generator if isinstance(generator, list) else [generator] * index.shape[0]
+        batch = index.shape[0]
+        day_types = self._check_day_types(day_types, batch, index.device)
+        generators = generator if isinstance(generator, list) else [generator] * batch
         draws = torch.stack([torch.rand(2, generator=g, device=index.device) for g in generators])  # (B, 2)
-        batch = torch.arange(index.shape[0], device=index.device)
-        donor = index[batch, (draws[:, 0] * index.shape[1]).long().clamp_max(index.shape[1] - 1)]
-        count = self.bank_day_count[donor]
-        day = self.bank_days[donor, (draws[:, 1] * count).long().clamp_max(count - 1)]  # (B, D, T)
+        rows = torch.arange(batch, device=index.device)
+        donor = index[rows, (draws[:, 0] * index.shape[1]).long().clamp_max(index.shape[1] - 1)]
+        summary = donor + day_types * self.config.num_bank
+        count = self.bank_day_count[summary]
+        day = self.bank_days[summary, (draws[:, 1] * count).long().clamp_max(count - 1)]  # (B, D, T)
         level = (mean_day * self.feature_std_ + self.feature_mean_).mean(-1)  # (B, D) data units
-        donor_level = self.bank_profile[donor].mean(-1)
+        donor_level = self.bank_profile[summary].mean(-1)
         if self.config.level_mode == "multiplicative":
             ratio = level.clamp_min(0) / donor_level.clamp_min(_EPS)
             day = day * ratio.pow(level_exponent).unsqueeze(-1)
@@ -410,15 +446,39 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             day = day + (level_exponent * (level - donor_level)).unsqueeze(-1)
         return (day - self.feature_mean_) / self.feature_std_
 
-    def own_statistics(self, node_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def own_statistics(
+        self, node_rows: torch.Tensor, day_types: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, D, T)`` mean day and ``(B, D)`` spread of training nodes' OWN data, normalised.
 
-        The training target of the residual diffusion (never used to sample: :meth:`forward` is).
+        The training target of the residual diffusion (never used to sample: :meth:`forward` is). With
+        ``(B,)`` ``day_types`` (needed when ``num_day_types > 1``), each node's statistics of that day type.
         """
         bank_rows = self.node_bank_row[node_rows]
         if (bank_rows < 0).any():
             raise ValueError("own_statistics: some nodes are not training nodes with data")
+        day_types = self._check_day_types(day_types, len(bank_rows), bank_rows.device)
+        bank_rows = bank_rows + day_types * self.config.num_bank
         return self._normalised(self.bank_profile[bank_rows], self.bank_spread[bank_rows])
+
+    def _check_day_types(self, day_types: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """``(batch,)`` long day types; ``None`` means type 0, allowed only without day types."""
+        num_day_types = self.config.num_day_types
+        if day_types is None:
+            if num_day_types > 1:
+                raise ValueError(f"this donor prior keeps {num_day_types} day types: pass day_types")
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        day_types = torch.as_tensor(day_types, dtype=torch.long, device=device)
+        if day_types.shape != (batch,):
+            raise ValueError(f"day_types must have shape ({batch},), got {tuple(day_types.shape)}")
+        if batch and (int(day_types.min()) < 0 or int(day_types.max()) >= num_day_types):
+            raise ValueError(f"day types must lie in [0, {num_day_types})")
+        return day_types
+
+    def _mean_of_donors(self, summary: torch.Tensor, day_types: torch.Tensor) -> torch.Tensor:
+        """``(K * num_bank, ...)`` donor summaries -> ``(B, 1, ...)`` their mean over the donors of each day type."""
+        blocks = summary.view(self.config.num_day_types, self.config.num_bank, *summary.shape[1:]).mean(1)
+        return blocks[day_types].unsqueeze(1)
 
     def _normalised(self, mean_day: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean_day = (mean_day - self.feature_mean_) / self.feature_std_

@@ -14,6 +14,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..data.days import DAY_TYPES
 from ..delay_embedding import DelayEmbedding
 from ..fingerprint import config_digest
 from ..models.condition_encoder import KGConditionEncoder
@@ -25,6 +26,15 @@ from ..schedulers.scheduling_kgdiff import KGDiffScheduler
 logger = logging.get_logger(__name__)
 
 NewNodes = Mapping[str, Sequence[tuple[str, str]]]
+# Config entries added after config digests existed, with the value a pipeline saved before them loads with:
+# left out of the digests at that value, so such pipelines still load.
+_ADDED_CONFIG_DEFAULTS = {
+    "day_types": None, "num_day_types": 1, "start_strength": None, "level_exponent": None, "num_bank_days": 0
+}
+
+
+def _without_added_defaults(config: Mapping) -> dict:
+    return {k: v for k, v in config.items() if not (k in _ADDED_CONFIG_DEFAULTS and v == _ADDED_CONFIG_DEFAULTS[k])}
 
 
 @dataclass
@@ -78,6 +88,11 @@ class KGDiffPipeline(DiffusionPipeline):
             days are clipped there; ``None`` for data with negative values.
         prior_blend: ``(D,)`` weight ``b`` of the donor prior in ``f = b f_donors + (1 - b) meta_pattern(phi)``
             when both exist (chosen on validation nodes by training; ``None`` means 1: donors only).
+        day_types: the day types of the training days, from :data:`~kgdiff_diffusers.data.days.DAY_TYPES`
+            (``["weekday"]`` for the paper's weekday-only data, ``["weekday", "weekend"]`` for data prepared
+            with ``--include_weekends``); with two, the condition encoder and the donor prior are conditioned on
+            the day type and :meth:`__call__` generates the ``day_type`` asked for. ``None``: pipelines saved
+            before day types existed, whose days are those of whatever days they were trained on.
         start_strength: with a donor prior that stores days, sampling starts from a real day of a candidate
             donor, rescaled to the node's level (:meth:`KGDiffDonorPrior.donor_days`), noised to this share of
             the denoising chain (SDEdit): 0 returns the rescaled day, 1 or ``None`` starts from pure noise.
@@ -113,6 +128,7 @@ class KGDiffPipeline(DiffusionPipeline):
         config_sha256: dict | None = None,
         output_min: list[float | None] | None = None,
         prior_blend: list[float] | None = None,
+        day_types: list[str] | None = None,
         start_strength: float | None = None,
         level_exponent: float | None = None,
     ):
@@ -161,6 +177,17 @@ class KGDiffPipeline(DiffusionPipeline):
             raise ValueError("start_strength < 1 needs a donor prior that stores days (num_bank_days > 0)")
         if output_min is not None and len(output_min) != num_features:
             raise ValueError(f"output_min must have {num_features} entries, got {len(output_min)}")
+        if day_types is not None:
+            day_types = [str(t) for t in day_types]
+            if not day_types or not set(day_types) <= set(DAY_TYPES) or len(set(day_types)) != len(day_types):
+                raise ValueError(f"day_types must be distinct names from {list(DAY_TYPES)}, got {day_types}")
+        num_day_types = len(day_types) if day_types else 1
+        for name, component in (("condition_encoder", condition_encoder), ("donor_prior", donor_prior)):
+            if component is not None and component.config.num_day_types != num_day_types:
+                raise ValueError(
+                    f"{name} is conditioned on {component.config.num_day_types} day type(s) but the pipeline's "
+                    f"day_types are {day_types}"
+                )
         self.register_modules(
             unet=unet,
             condition_encoder=condition_encoder,
@@ -183,6 +210,7 @@ class KGDiffPipeline(DiffusionPipeline):
             config_sha256=config_sha256,
             output_min=None if output_min is None else [None if m is None else float(m) for m in output_min],
             prior_blend=None if prior_blend is None else [float(b) for b in prior_blend],
+            day_types=day_types,
             start_strength=None if start_strength is None else float(start_strength),
             level_exponent=None if level_exponent is None else float(level_exponent),
         )
@@ -219,10 +247,10 @@ class KGDiffPipeline(DiffusionPipeline):
     def _config_digests(self) -> dict[str, str]:
         """``{"model_index": digest of the pipeline's own entries, <component>: digest of its config}``."""
         own = {k: v for k, v in self.config.items() if k not in self.components and k != "config_sha256"}
-        digests = {"model_index": config_digest(own)}
+        digests = {"model_index": config_digest(_without_added_defaults(own))}
         for name, component in self.components.items():
             if component is not None:
-                digests[name] = config_digest(component.config)
+                digests[name] = config_digest(_without_added_defaults(component.config))
         return digests
 
     def check_config_digests(self, source: str = "pipeline") -> None:
@@ -307,17 +335,58 @@ class KGDiffPipeline(DiffusionPipeline):
                 neighbors.append(entity_ids[entity])
         return tuple(torch.tensor(x, dtype=torch.long) for x in (rows, relations, neighbors))
 
+    def day_type_index(self, day_type: str | None) -> int | None:
+        """Position of ``day_type`` in ``config.day_types`` (``day_type=None``: 0, the first type).
+
+        Returns ``None`` for a pipeline saved without day types, which takes no ``day_type``. Raises
+        ``ValueError`` for a name outside :data:`~kgdiff_diffusers.data.days.DAY_TYPES` or one the pipeline was
+        not trained on.
+        """
+        day_types = self.config.get("day_types")
+        if day_type is not None and day_type not in DAY_TYPES:
+            raise ValueError(f"day_type must be one of {list(DAY_TYPES)} or None, got {day_type!r}")
+        if day_types is None:
+            if day_type is not None:
+                raise ValueError(
+                    f"day_type={day_type!r}: this pipeline was saved without day types (before they existed) and "
+                    "generates the kind of day it was trained on; call it without day_type"
+                )
+            return None
+        if day_type is None:
+            return 0
+        if day_type not in day_types:
+            retrain = "; to generate weekend days, prepare the data with --include_weekends and train again"
+            hint = retrain if day_type == "weekend" else ""
+            raise ValueError(
+                f"day_type={day_type!r}: this pipeline was trained on {' and '.join(day_types)} days only "
+                f"(pipe.config.day_types){hint}"
+            )
+        return day_types.index(day_type)
+
+    def _day_type_rows(self, day_type: str | None, num_rows: int) -> torch.Tensor | None:
+        """``(num_rows,)`` the index of ``day_type`` repeated, or ``None`` for a pipeline without day types."""
+        index = self.day_type_index(day_type)
+        return None if index is None else torch.full((num_rows,), index, dtype=torch.long, device=self.device)
+
     @torch.no_grad()
-    def condition(self, node_ids: Sequence[str | int] = (), new_nodes: NewNodes | None = None) -> torch.Tensor:
-        """``(nodes, condition_dim)`` condition ``phi`` of known ``node_ids`` followed by ``new_nodes``."""
+    def condition(
+        self, node_ids: Sequence[str | int] = (), new_nodes: NewNodes | None = None, day_type: str | None = None
+    ) -> torch.Tensor:
+        """``(nodes, condition_dim)`` condition ``phi`` of known ``node_ids`` followed by ``new_nodes``.
+
+        ``day_type``: see :meth:`__call__`; with day types, ``phi`` holds the day type's learnt vector.
+        """
         parts = []
         if len(node_ids):
             rows = torch.tensor(self.node_rows(node_ids), dtype=torch.long, device=self.device)
             # Chunks bound the per-edge message memory (each chunk gathers only its own nodes' edges).
-            parts += [self.condition_encoder(chunk) for chunk in rows.split(1024)]
+            parts += [
+                self.condition_encoder(chunk, self._day_type_rows(day_type, len(chunk))) for chunk in rows.split(1024)
+            ]
         if new_nodes:
             edges = self.new_node_edges(new_nodes)
-            parts.append(self.condition_encoder.encode_neighbors(*edges, num_nodes=len(new_nodes)))
+            phi = self.condition_encoder.encode_neighbors(*edges, num_nodes=len(new_nodes))
+            parts.append(self.condition_encoder.add_day_type(phi, self._day_type_rows(day_type, len(new_nodes))))
         return torch.cat(parts)
 
     @torch.no_grad()
@@ -326,13 +395,15 @@ class KGDiffPipeline(DiffusionPipeline):
         node_ids: Sequence[str | int] = (),
         new_nodes: NewNodes | None = None,
         new_node_locations: Mapping[str, tuple[float, float]] | None = None,
+        day_type: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The donor prior's ``(nodes, D, T)`` mean day ``f`` and ``(nodes, D)`` scale ``s``, normalised units.
 
         Known nodes use their stored candidates; ``new_nodes`` get candidates from their KG neighbours and,
         where given, their ``(lat, lon)`` in ``new_node_locations`` (without one, KG-similar donors only).
+        With day types, the donors' mean days and spreads are those of ``day_type`` (see :meth:`__call__`).
         """
-        mean_day, scale, _ = self._prior_and_candidates(node_ids, new_nodes, new_node_locations)
+        mean_day, scale, _ = self._prior_and_candidates(node_ids, new_nodes, new_node_locations, day_type)
         return mean_day, scale
 
     def _prior_and_candidates(
@@ -340,6 +411,7 @@ class KGDiffPipeline(DiffusionPipeline):
         node_ids: Sequence[str | int],
         new_nodes: NewNodes | None,
         new_node_locations: Mapping[str, tuple[float, float]] | None,
+        day_type: str | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`prior` plus the ``(nodes, 2K)`` candidate donors (bank rows) of each node."""
         prior = self.donor_prior
@@ -348,7 +420,10 @@ class KGDiffPipeline(DiffusionPipeline):
         parts = []
         if len(node_ids):
             rows = torch.tensor(self.node_rows(node_ids), dtype=torch.long, device=self.device)
-            parts += [(*prior(chunk), prior.candidate_index[chunk]) for chunk in rows.split(1024)]
+            parts += [
+                (*prior(chunk, day_types=self._day_type_rows(day_type, len(chunk))), prior.candidate_index[chunk])
+                for chunk in rows.split(1024)
+            ]
         if new_nodes:
             locations = dict(new_node_locations or {})
             unknown = sorted(set(locations) - set(new_nodes))
@@ -365,7 +440,8 @@ class KGDiffPipeline(DiffusionPipeline):
             edge_node, edge_relation, edge_neighbor = (e.to(self.device) for e in self.new_node_edges(new_nodes))
             index, features = prior.candidates_for(coords, edge_node, edge_neighbor, len(new_nodes))
             log_degree = prior.log_degree_of(edge_node, edge_relation, len(new_nodes))
-            parts.append((*prior(candidates=(index, features, log_degree)), index))
+            day_types = self._day_type_rows(day_type, len(new_nodes))
+            parts.append((*prior(candidates=(index, features, log_degree), day_types=day_types), index))
         return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
 
     def _clip_to_range(self, series: torch.Tensor) -> torch.Tensor:
@@ -507,6 +583,7 @@ class KGDiffPipeline(DiffusionPipeline):
         return_dict: bool = True,
         batch_size: int = 256,
         new_node_locations: Mapping[str, tuple[float, float]] | None = None,
+        day_type: str | None = None,
     ) -> KGDiffPipelineOutput | tuple:
         r"""Generates ``num_samples`` days for each node.
 
@@ -523,6 +600,10 @@ class KGDiffPipeline(DiffusionPipeline):
             batch_size: days denoised together (per denoiser call); bounds the memory of the sampling loop.
             new_node_locations: ``{new_node_id: (lat, lon)}``, used by the donor prior to find the
                 geographically nearest training nodes (optional).
+            day_type: ``"weekday"`` or ``"weekend"``, one of ``pipe.config.day_types`` (the day types of the
+                training days); ``None`` = the first of them (``"weekday"`` unless trained on weekends only).
+                A pipeline trained on weekdays only refuses ``"weekend"``; one saved before day types existed
+                takes only ``None``.
 
         Returns:
             :class:`KGDiffPipelineOutput` with ``series`` ``(nodes, num_samples, T, D)`` in data units.
@@ -534,16 +615,17 @@ class KGDiffPipeline(DiffusionPipeline):
         self._check_arguments(
             node_ids, new_nodes, num_samples, num_inference_steps, generator, output_type, batch_size
         )
+        self.day_type_index(day_type)  # an unknown day type fails here, before any work
         all_ids = [str(n) for n in node_ids] + list(new_nodes)
         batch = len(all_ids) * num_samples
 
-        phi = self.condition(node_ids, new_nodes)
+        phi = self.condition(node_ids, new_nodes, day_type)
         emb = self.delay_embedding
         num_features = self.unet.config.num_features
         residual_scale = None
         if self.donor_prior is not None:
             meta_series, residual_scale, candidates = self._prior_and_candidates(
-                node_ids, new_nodes, new_node_locations
+                node_ids, new_nodes, new_node_locations, day_type
             )
             donor_series = meta_series
             residual_scale = residual_scale[..., None, None]
@@ -572,7 +654,8 @@ class KGDiffPipeline(DiffusionPipeline):
                 if starts_from_days:
                     exponent = self.config.get("level_exponent")
                     days = self.donor_prior.donor_days(
-                        candidates[nodes], donor_series[nodes], 1.0 if exponent is None else exponent, chunk_generator
+                        candidates[nodes], donor_series[nodes], 1.0 if exponent is None else exponent,
+                        chunk_generator, self._day_type_rows(day_type, len(nodes)),
                     )
                     start_images = emb.to_image(days - donor_series[nodes]) / residual_scale[nodes]
                 images = self._sample_chunk(
