@@ -93,6 +93,14 @@ def test_a_new_place_like_a_test_node_gets_that_nodes_prior(city):
     # without a location, only KG-similar donors are used: still a finite prior
     kg_only = pipe.prior(new_nodes={"planned": edges})[0]
     assert torch.isfinite(kg_only).all()
+    # starting from donor days, the new place draws the same days as the known node from the same streams
+    pipe.set_progress_bar_config(disable=True)
+    pipe.register_to_config(start_strength=0.0, level_exponent=1.0)
+    as_new = pipe(new_nodes={"planned": edges}, new_node_locations={"planned": (lat, lon)}, num_samples=4,
+                  num_inference_steps=4, generator=torch.Generator().manual_seed(1)).series
+    as_known = pipe(node_ids=[city.node_ids[test_row]], num_samples=4, num_inference_steps=4,
+                    generator=torch.Generator().manual_seed(1)).series
+    np.testing.assert_allclose(as_new, as_known, rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="not in new_nodes"):
         pipe.prior(new_nodes={"planned": edges}, new_node_locations={"other": (lat, lon)})
     with pytest.raises(ValueError, match="in degrees"):

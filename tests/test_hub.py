@@ -215,6 +215,18 @@ def test_model_card_data_split_and_training_config(run):
     assert 'make_sampler("ddim", pipe.scheduler.config)' in text
     unet_params = sum(p.numel() for p in run.pipe.unet.parameters())
     assert f"| `unet` | `KGDiffUNet2DModel` | {unet_params:,} |" in text
+    bank = run.pipe.donor_prior.config
+    assert f"stores up to {bank.num_bank_days} real days of each of its {bank.num_bank} training" in text
+    assert "strength 1 (pure noise: the stored days are not used)" in text  # saved before any start was chosen
+
+
+def test_model_card_states_the_chosen_donor_day_start(run, tmp_path):
+    model_dir = _copy_model(run, tmp_path)
+    index = json.loads((model_dir / "model_index.json").read_text())
+    index.update(start_strength=0.25, level_exponent=0.5)
+    (model_dir / "model_index.json").write_text(json.dumps(index))
+    text = hub.render_model_card(model_dir, repo_id=REPO_ID).text
+    assert "exponent 0.5) noised to\nstrength 0.25 of the chain" in text
 
 
 def test_model_card_rejects_metrics_of_another_pipeline(run, tmp_path):

@@ -371,6 +371,7 @@ def render_model_card(
     )
     bandwidth = metrics.get("mmd_bandwidth")
     scheduler_config = _read_json(model_dir / "scheduler" / "scheduler_config.json")
+    donor_config = _read_json(model_dir / "donor_prior" / "config.json") if (model_dir / "donor_prior").is_dir() else {}
     return ModelCard.from_template(
         card_data,
         template_path=str(template_dir / "model_card.md"),
@@ -389,6 +390,10 @@ def render_model_card(
         results_table=markdown_table(metrics).strip(),
         day_type_results=day_type_tables(metrics).strip(),
         day_types=index.get("day_types"),
+        stored_days_per_donor=int(donor_config.get("num_bank_days", 0)),
+        num_donors=int(donor_config.get("num_bank", 0)),
+        start_strength=index.get("start_strength"),
+        level_exponent=index.get("level_exponent"),
         mmd_bandwidth=bandwidth if isinstance(bandwidth, str) else MMD_BANDWIDTH_NOTE,
         jsd_bins=metrics.get("jsd_bins", "n/a"),
         features=_units(list(index["feature_names"]), text, int(index["interval_minutes"])),
