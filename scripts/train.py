@@ -407,8 +407,14 @@ OPTIMISER_FLAGS = {
 
 
 def check_resumed_settings(args: argparse.Namespace, checkpoint: Path) -> None:
-    """Refuses to resume with flags that differ from the checkpoint's run, naming each of them."""
+    """Refuses to resume with flags that differ from the checkpoint's run, naming each of them.
+
+    A run saved before ``--num_bank_days`` existed resumes with ``--num_bank_days 0``, the donor prior it saved.
+    """
     stored = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
+    if "num_bank_days" not in stored and args.num_bank_days is None and not args.no_donor_prior:
+        logger.warning(f"{checkpoint} predates the donor-day start: resuming it with --num_bank_days 0 (from noise)")
+        args.num_bank_days = 0
     current = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     changed = differing_settings(stored, current, ignore=RESUMABLE_FLAGS)
     if changed:

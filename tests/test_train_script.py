@@ -110,6 +110,19 @@ def test_resume_continues_exactly_where_the_run_stopped(trained_run, tmp_path):
     assert (run / "model_index.json").is_file()
 
 
+def test_a_run_checkpointed_before_the_donor_day_bank_resumes_without_it(tmp_path):
+    run = tmp_path / "run"
+    launch(*TINY, "--output_dir", str(run), "--num_bank_days", "0", "--max_train_steps", "3")
+    for config_path in (run / "checkpoints" / "checkpoint-3" / "training_config.json", run / "training_config.json"):
+        config = json.loads(config_path.read_text())
+        del config["num_bank_days"]  # what the version before the day bank wrote
+        config_path.write_text(json.dumps(config))
+    (run / "model_index.json").unlink()
+    result = launch(*TINY, "--output_dir", str(run), "--resume_from_checkpoint", "latest")
+    assert "predates the donor-day start: resuming it with --num_bank_days 0" in result.stderr + result.stdout
+    assert json.loads((run / "donor_prior" / "config.json").read_text())["num_bank_days"] == 0
+
+
 def test_test_nodes_never_reach_the_training_samples(trained_run):
     dataset = PreparedDataset.load(trained_run / "data")
     days, rows = training_samples(dataset)
