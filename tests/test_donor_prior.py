@@ -256,6 +256,9 @@ def test_a_pipeline_without_stored_days_samples_from_noise_and_refuses_a_day_sta
     assert reloaded.config.start_strength is None
     with pytest.raises(ValueError, match="stores days"):
         KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "start_strength": 0.5})
+    for bad in ({"start_strength": 1.5}, {"start_strength": float("nan")}, {"level_exponent": float("nan")}):
+        with pytest.raises(ValueError, match="start_strength|level_exponent"):
+            KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), **bad})
 
 
 def _own_config(pipe: KGDiffPipeline) -> dict:

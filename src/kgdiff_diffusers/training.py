@@ -294,11 +294,20 @@ def node_day_statistics(dataset, day_mask: np.ndarray | None = None) -> tuple[np
     return profiles.transpose(0, 2, 1).astype(np.float32), spreads.astype(np.float32), has_data
 
 
-def day_type_statistics(dataset, day_types: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`node_day_statistics` of each day type's days.
+def day_type_masks(dataset, day_types: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each day type's valid days: ``(K, N, S)`` bool, and ``has_days`` ``(K, N)`` bool (days of that type).
 
-    A node with days but none of a type gets its statistics over all its days for that type (a donor that
-    was never measured on a weekend lends its overall day).
+    A node with days but none of a type gets all its valid days for that type (a donor that was never
+    measured on a weekend lends its overall day).
+    """
+    date_types = day_type_indices(dataset.dates)
+    of_type = np.stack([dataset.day_mask & (date_types == DAY_TYPES.index(name))[None] for name in day_types])
+    has_days = of_type.any(axis=2)
+    return np.where(has_days[..., None], of_type, dataset.day_mask[None]), has_days
+
+
+def day_type_statistics(dataset, day_types: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`node_day_statistics` of each day type's days (:func:`day_type_masks`).
 
     Args:
         day_types: ``(K,)`` names from :data:`~kgdiff_diffusers.data.days.DAY_TYPES`.
@@ -306,16 +315,9 @@ def day_type_statistics(dataset, day_types: list[str]) -> tuple[np.ndarray, np.n
     Returns:
         ``profiles`` ``(K, N, D, T)``, ``spreads`` ``(K, N, D)``, ``has_days`` ``(K, N)`` bool (days of that type).
     """
-    all_profiles, all_spreads, _ = node_day_statistics(dataset)
-    date_types = day_type_indices(dataset.dates)
-    profiles, spreads, has_days = [], [], []
-    for name in day_types:
-        of_type = dataset.day_mask & (date_types == DAY_TYPES.index(name))[None]
-        type_profiles, type_spreads, has = node_day_statistics(dataset, of_type)
-        profiles.append(np.where(has[:, None, None], type_profiles, all_profiles))
-        spreads.append(np.where(has[:, None], type_spreads, all_spreads))
-        has_days.append(has)
-    return np.stack(profiles), np.stack(spreads), np.stack(has_days)
+    masks, has_days = day_type_masks(dataset, day_types)
+    statistics = [node_day_statistics(dataset, mask) for mask in masks]
+    return np.stack([s[0] for s in statistics]), np.stack([s[1] for s in statistics]), has_days
 
 
 def build_donor_prior(
@@ -334,12 +336,8 @@ def build_donor_prior(
     profiles, spreads, has_data = node_day_statistics(dataset)
     day_masks = dataset.day_mask[None]
     if day_types is not None and len(day_types) > 1:
-        profiles, spreads, has_days = day_type_statistics(dataset, day_types)
-        date_types = day_type_indices(dataset.dates)
-        day_masks = np.stack([
-            np.where(has[:, None], dataset.day_mask & (date_types == DAY_TYPES.index(name))[None], dataset.day_mask)
-            for name, has in zip(day_types, has_days)
-        ])  # a donor without days of a type lends all its days, as its summaries do
+        profiles, spreads, _ = day_type_statistics(dataset, day_types)
+        day_masks = day_type_masks(dataset, day_types)[0]
     train_rows = np.asarray(dataset.train_rows, dtype=np.int64)
     bank_rows = train_rows[has_data[train_rows]]
     return KGDiffDonorPrior.from_training_data(

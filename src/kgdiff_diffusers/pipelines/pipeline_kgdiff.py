@@ -175,6 +175,8 @@ class KGDiffPipeline(DiffusionPipeline):
             donor_prior is None or donor_prior.config.get("num_bank_days", 0) == 0
         ):
             raise ValueError("start_strength < 1 needs a donor prior that stores days (num_bank_days > 0)")
+        if level_exponent is not None and not math.isfinite(level_exponent):
+            raise ValueError(f"level_exponent must be a finite number or None, got {level_exponent}")
         if output_min is not None and len(output_min) != num_features:
             raise ValueError(f"output_min must have {num_features} entries, got {len(output_min)}")
         if day_types is not None:
