@@ -637,7 +637,8 @@ def main(argv: list[str] | None = None) -> None:
         start = choose_donor_day_start(pipe, dataset, args.validation_inference_steps, args.validation_sampler)
         if start is not None:
             logger.info(
-                f"sampling starts from donor days rescaled with exponent {start['level_exponent']:g}, noised to "
+                f"sampling starts from donor days ({start['random_donor_share']:g} of them from any training node) "
+                f"rescaled with exponent {start['level_exponent']:g}, noised to "
                 f"strength {start['start_strength']:g} (1 = from noise); validation CRPS {start['validation_crps']}"
             )
         pipe.save_pretrained(args.output_dir)

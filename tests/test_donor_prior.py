@@ -15,6 +15,7 @@ from kgdiff_diffusers.kg.tucker import pretrain_tucker
 from kgdiff_diffusers.models.donor_prior import KGDiffDonorPrior
 from kgdiff_diffusers.training import (
     LEVEL_EXPONENTS,
+    RANDOM_DONOR_SHARES,
     START_STRENGTHS,
     KGDiffModelConfig,
     build_pipeline,
@@ -221,6 +222,41 @@ def test_strength_zero_returns_real_days_of_the_nodes_candidate_donors_rescaled_
     np.testing.assert_allclose(rescaled.series[0].mean(axis=(0, 1)), level[0], rtol=0.5)
 
 
+def test_random_donors_replace_a_share_of_the_candidate_days_with_days_of_any_training_node(city, tmp_path):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=64))
+    pipe.set_progress_bar_config(disable=True)
+    row = int(city.test_rows[0])
+    node, candidates = city.node_ids[row], _candidate_days(pipe, city, row)
+    train_days = np.concatenate([city.days[r][city.day_mask[r]] for r in city.train_rows])
+
+    def sample(p):
+        return p(node_ids=[node], num_samples=40, num_inference_steps=4,
+                 generator=torch.Generator().manual_seed(0)).series[0]
+
+    pipe.register_to_config(start_strength=0.0, level_exponent=0.0)
+    own = sample(pipe)
+    pipe.register_to_config(random_donor_share=0.5)
+    mixed = sample(pipe)
+    same = np.abs(mixed - own).max(axis=(1, 2)) < 1e-6  # kept its candidate day: the same stream draws it
+    assert 5 <= same.sum() <= 35
+    scale = 1e-3 * np.abs(train_days).max()
+    for day in mixed[~same]:  # the others: real days of some training node
+        assert np.abs(train_days - day).max(axis=(1, 2)).min() < scale
+    outside = [np.abs(candidates - day).max(axis=(1, 2)).min() > scale for day in mixed[~same]]
+    assert any(outside)  # ... not only of the node's candidates
+    pipe.save_pretrained(tmp_path)
+    reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.config.random_donor_share == 0.5
+    np.testing.assert_array_equal(mixed, sample(reloaded))
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="random_donor_share"):
+            KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "random_donor_share": bad})
+    prior = reloaded.donor_prior
+    with pytest.raises(ValueError, match="random_donor_share"):
+        prior.donor_days(prior.candidate_index[:1], torch.zeros(1, 1, city.steps_per_day), 1.0, None, None, 2.0)
+
+
 def test_a_donor_day_start_is_reproducible_batch_independent_and_reloads_bit_identical(city, tmp_path):
     pipe = build_pipeline(city, KGDiffModelConfig(**SMALL))
     pipe.set_progress_bar_config(disable=True)
@@ -272,10 +308,15 @@ def test_the_day_start_is_chosen_by_validation_crps_from_the_grids(city):
     pipe.set_progress_bar_config(disable=True)
     choice = choose_donor_day_start(pipe, dataset, num_inference_steps=4, max_days_per_node=4)
     assert choice["level_exponent"] in LEVEL_EXPONENTS and choice["start_strength"] in START_STRENGTHS
-    assert pipe.config.level_exponent == choice["level_exponent"]
-    assert pipe.config.start_strength == choice["start_strength"]
+    assert choice["random_donor_share"] in RANDOM_DONOR_SHARES
+    for key in ("level_exponent", "random_donor_share", "start_strength"):
+        assert pipe.config[key] == choice[key]
     scores = choice["validation_crps"]
-    assert len(scores) == len(LEVEL_EXPONENTS) + len(START_STRENGTHS) - 1
-    chosen = f"a={choice['level_exponent']:g}, strength={choice['start_strength']:g}"
+    assert len(scores) == len(LEVEL_EXPONENTS) * len(RANDOM_DONOR_SHARES) + len(START_STRENGTHS) - 1
+    chosen = (f"a={choice['level_exponent']:g}, random donors={choice['random_donor_share']:g}, "
+              f"strength={choice['start_strength']:g}")
     assert scores[chosen] == min(scores.values())
+    copies = {k: v for k, v in scores.items() if k.endswith("strength=0")}
+    assert len(copies) == len(LEVEL_EXPONENTS) * len(RANDOM_DONOR_SHARES)
+    assert min(copies, key=copies.get) == chosen.rsplit(", strength=", 1)[0] + ", strength=0"
     assert choose_donor_day_start(build_pipeline(city, KGDiffModelConfig(**SMALL)), city) is None  # no validation

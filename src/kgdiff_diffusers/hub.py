@@ -394,6 +394,7 @@ def render_model_card(
         num_donors=int(donor_config.get("num_bank", 0)),
         start_strength=index.get("start_strength"),
         level_exponent=index.get("level_exponent"),
+        random_donor_share=index.get("random_donor_share"),
         mmd_bandwidth=bandwidth if isinstance(bandwidth, str) else MMD_BANDWIDTH_NOTE,
         jsd_bins=metrics.get("jsd_bins", "n/a"),
         features=_units(list(index["feature_names"]), text, int(index["interval_minutes"])),

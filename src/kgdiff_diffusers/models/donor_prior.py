@@ -406,14 +406,16 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         level_exponent: float,
         generator: torch.Generator | list[torch.Generator] | None = None,
         day_types: torch.Tensor | None = None,
+        random_donor_share: float = 0.0,
     ) -> torch.Tensor:
         """One real day of a random candidate donor per row, rescaled towards the row's level.
 
-        Each row draws a candidate uniformly (a donor found by both searches twice as often), then one of
-        its stored days ``x`` (of the row's day type); with the row's level ``l`` (the time mean of
-        ``mean_day`` in data units) and the donor's level ``L``, the day becomes ``x (l / L)^a``
-        (``"additive"`` mode: ``x + a (l - L)``), where ``a = level_exponent`` (0: copied as it was, 1: the
-        row's level).
+        Each row draws a candidate uniformly (a donor found by both searches twice as often), or, with
+        probability ``random_donor_share``, any donor uniformly (the candidates' days are no closer to a new
+        place than random training days where its neighbours differ from it); then one of the donor's stored
+        days ``x`` (of the row's day type); with the row's level ``l`` (the time mean of ``mean_day`` in data
+        units) and the donor's level ``L``, the day becomes ``x (l / L)^a`` (``"additive"`` mode:
+        ``x + a (l - L)``), where ``a = level_exponent`` (0: copied as it was, 1: the row's level).
 
         Args:
             index: ``(B, 2K)`` candidate bank rows of each generated day (from :meth:`candidates_for` or the
@@ -422,18 +424,27 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             level_exponent: ``a``.
             generator: one generator, one per row, or ``None``.
             day_types: ``(B,)`` day type of each row; needed when ``num_day_types > 1``.
+            random_donor_share: in ``[0, 1]``; the share of rows whose donor is any training node.
 
         Returns:
             ``(B, D, T)`` days in normalised units.
         """
         if self.config.get("num_bank_days", 0) == 0:
             raise ValueError("this donor prior stores no days (num_bank_days=0)")
+        if not 0 <= random_donor_share <= 1:
+            raise ValueError(f"random_donor_share must be in [0, 1], got {random_donor_share}")
         batch = index.shape[0]
         day_types = self._check_day_types(day_types, batch, index.device)
         generators = generator if isinstance(generator, list) else [generator] * batch
-        draws = torch.stack([torch.rand(2, generator=g, device=index.device) for g in generators])  # (B, 2)
+        # Two more draws only with random donors, so days generated without them stay as they were.
+        num_draws = 4 if random_donor_share > 0 else 2
+        draws = torch.stack([torch.rand(num_draws, generator=g, device=index.device) for g in generators])
         rows = torch.arange(batch, device=index.device)
         donor = index[rows, (draws[:, 0] * index.shape[1]).long().clamp_max(index.shape[1] - 1)]
+        if random_donor_share > 0:
+            num_bank = self.config.num_bank
+            any_donor = (draws[:, 2] * num_bank).long().clamp_max(num_bank - 1)
+            donor = torch.where(draws[:, 3] < random_donor_share, any_donor, donor)
         summary = donor + day_types * self.config.num_bank
         count = self.bank_day_count[summary]
         day = self.bank_days[summary, (draws[:, 1] * count).long().clamp_max(count - 1)]  # (B, D, T)

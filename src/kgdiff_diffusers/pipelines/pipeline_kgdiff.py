@@ -29,7 +29,8 @@ NewNodes = Mapping[str, Sequence[tuple[str, str]]]
 # Config entries added after config digests existed, with the value a pipeline saved before them loads with:
 # left out of the digests at that value, so such pipelines still load.
 _ADDED_CONFIG_DEFAULTS = {
-    "day_types": None, "num_day_types": 1, "start_strength": None, "level_exponent": None, "num_bank_days": 0
+    "day_types": None, "num_day_types": 1, "start_strength": None, "level_exponent": None, "num_bank_days": 0,
+    "random_donor_share": None,
 }
 
 
@@ -99,6 +100,8 @@ class KGDiffPipeline(DiffusionPipeline):
             Chosen on validation nodes by training.
         level_exponent: ``a`` of the rescaling ``x (l / L)^a`` of a donor day (0: its own level, 1: the
             node's); ``None`` means 1.
+        random_donor_share: the share of donor days drawn from any training node instead of the node's
+            candidates (chosen on validation nodes by training); ``None`` means 0.
         data_fingerprint: :func:`~kgdiff_diffusers.fingerprint.data_fingerprint` of the training data.
         config_sha256: ``{"model_index" | component: digest}`` of every config, written by
             :meth:`save_pretrained` and checked by :meth:`from_pretrained`.
@@ -131,6 +134,7 @@ class KGDiffPipeline(DiffusionPipeline):
         day_types: list[str] | None = None,
         start_strength: float | None = None,
         level_exponent: float | None = None,
+        random_donor_share: float | None = None,
     ):
         super().__init__()
         num_nodes = condition_encoder.config.num_nodes
@@ -177,6 +181,8 @@ class KGDiffPipeline(DiffusionPipeline):
             raise ValueError("start_strength < 1 needs a donor prior that stores days (num_bank_days > 0)")
         if level_exponent is not None and not math.isfinite(level_exponent):
             raise ValueError(f"level_exponent must be a finite number or None, got {level_exponent}")
+        if random_donor_share is not None and not 0 <= random_donor_share <= 1:
+            raise ValueError(f"random_donor_share must be in [0, 1] or None, got {random_donor_share}")
         if output_min is not None and len(output_min) != num_features:
             raise ValueError(f"output_min must have {num_features} entries, got {len(output_min)}")
         if day_types is not None:
@@ -215,6 +221,7 @@ class KGDiffPipeline(DiffusionPipeline):
             day_types=day_types,
             start_strength=None if start_strength is None else float(start_strength),
             level_exponent=None if level_exponent is None else float(level_exponent),
+            random_donor_share=None if random_donor_share is None else float(random_donor_share),
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
@@ -658,6 +665,7 @@ class KGDiffPipeline(DiffusionPipeline):
                     days = self.donor_prior.donor_days(
                         candidates[nodes], donor_series[nodes], 1.0 if exponent is None else exponent,
                         chunk_generator, self._day_type_rows(day_type, len(nodes)),
+                        self.config.get("random_donor_share") or 0.0,
                     )
                     start_images = emb.to_image(days - donor_series[nodes]) / residual_scale[nodes]
                 images = self._sample_chunk(
