@@ -157,8 +157,17 @@ VARIANTS = {
         )
     },
 }
+# Sampling rows: row name -> (the trained row whose pipelines they sample, pipeline config overrides). They
+# train nothing: the same weights are evaluated with other sampling settings, so the row shows what that part
+# of the default's sampling is worth.
+SAMPLING_VARIANTS = {
+    # The default's validated donor-day start replaced by sampling from pure noise.
+    "KGDiff, same weights from noise": (MODEL_NAME, {"start_strength": 1.0}),
+    # Donor days from the place's candidates only (no days of random training nodes), all else as chosen.
+    "KGDiff, same weights without random donors": (MODEL_NAME, {"random_donor_share": 0.0}),
+}
 # The rows of a run without --variants.
-DEFAULT_VARIANTS = [MODEL_NAME, "paper configuration"]
+DEFAULT_VARIANTS = [MODEL_NAME, "paper configuration", *SAMPLING_VARIANTS]
 BASELINE_LABELS = {
     "random_training_days": "random training days",
     "global_mean_profile": "global mean profile",
@@ -213,7 +222,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of each split's training side held out as validation nodes")
     parser.add_argument("--seeds", help="comma-separated training/evaluation seeds (default: 0)")
     parser.add_argument("--variants", help=f"comma-separated model rows (default: {','.join(DEFAULT_VARIANTS)}): "
-                        + ",".join(VARIANTS))
+                        + ",".join([*VARIANTS, *SAMPLING_VARIANTS]))
     parser.add_argument("--output", type=Path, help="results JSON (default: bench/results/quality.json, "
                         "quality_curve.json with --curve)")
     parser.add_argument("--prepared_dir", type=Path, default=Path("bench/results/data"),
@@ -244,7 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 2 <= args.num_folds <= 16:
         parser.error(f"--num_folds must be between 2 and 16, got {args.num_folds}")
     known_splits = [f"fold{k}" for k in range(args.num_folds)] + [PAPER_SPLIT]
-    for name, chosen, known in (("datasets", args.datasets, DATASETS), ("variants", args.variants, VARIANTS),
+    for name, chosen, known in (("datasets", args.datasets, DATASETS),
+                                ("variants", args.variants, [*VARIANTS, *SAMPLING_VARIANTS]),
                                 ("splits", args.splits, known_splits)):
         unknown = [item for item in chosen if item not in known]
         if unknown or not chosen:
@@ -399,7 +409,8 @@ class Unit:
     seed: int
 
 
-def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int) -> dict:
+def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int,
+                 config_overrides: dict | None = None) -> dict:
     """Scores a trained pipeline on its split's test nodes (``evaluate_pipeline``, no baselines).
 
     Runs in a fresh process (``python bench/quality.py evaluate-run ...``) so that it uses the code the model
@@ -410,6 +421,7 @@ def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int
         data_dir: the split folder it was trained on.
         evaluation: ``sampler``, ``num_inference_steps``, ``max_days_per_node``, ``seed``.
         threads: ``torch.set_num_threads``.
+        config_overrides: pipeline config entries set before sampling (a sampling row).
 
     Returns:
         ``{"metrics", "num_test_nodes", "num_real_days", "test_node_ids"}``.
@@ -417,6 +429,8 @@ def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int
     torch.set_num_threads(threads)
     pipe = KGDiffPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
+    if config_overrides:
+        pipe.register_to_config(**config_overrides)
     with torch.inference_mode():
         result = evaluate_pipeline(
             pipe, PreparedDataset.load(data_dir), num_inference_steps=evaluation["num_inference_steps"],
@@ -428,9 +442,10 @@ def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int
 
 
 def _evaluate_main(argv: list[str]) -> None:
-    """``evaluate-run MODEL_DIR DATA_DIR EVALUATION_JSON THREADS OUTPUT_JSON``: :func:`evaluate_run` to a file."""
-    model_dir, data_dir, evaluation, threads, output = argv
-    result = evaluate_run(Path(model_dir), Path(data_dir), json.loads(evaluation), int(threads))
+    """``evaluate-run MODEL_DIR DATA_DIR EVALUATION_JSON THREADS OUTPUT_JSON [OVERRIDES_JSON]``: to a file."""
+    model_dir, data_dir, evaluation, threads, output, *overrides = argv
+    result = evaluate_run(Path(model_dir), Path(data_dir), json.loads(evaluation), int(threads),
+                          json.loads(overrides[0]) if overrides else None)
     Path(output).write_text(json.dumps(result))
 
 
@@ -503,6 +518,45 @@ def run_unit(unit: Unit, data_dir: Path, args: argparse.Namespace) -> dict:
     return {**record, "reused": False}
 
 
+def run_sampling_unit(unit: Unit, data_dir: Path, args: argparse.Namespace, trained: dict) -> dict:
+    """Evaluates the pipeline of ``trained`` (the record of the row it samples) with the row's config overrides.
+
+    Returns a record like :func:`run_unit`'s (``train_seconds`` 0); it is reused while the trained run and the
+    evaluation settings are unchanged.
+    """
+    trained_variant, overrides = SAMPLING_VARIANTS[unit.variant]
+    model_dir = _run_folder(args, Unit(unit.dataset, unit.split, trained_variant, unit.seed))
+    output_dir = _run_folder(args, unit)
+    evaluation = {**_evaluation_settings(args, unit.seed), "config_overrides": overrides,
+                  "trained_run_finished": trained["finished"]}
+    result_path = output_dir / RESULT_FILE
+    if not args.rerun and result_path.is_file():
+        previous = json.loads(result_path.read_text())
+        if previous.get("evaluation") == evaluation:
+            return {**previous, "reused": True}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scores_path = output_dir / "bench_scores.json"
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "evaluate-run", str(model_dir), str(data_dir.resolve()),
+        json.dumps(_evaluation_settings(args, unit.seed)), str(args.threads), str(scores_path), json.dumps(overrides),
+    ]
+    evaluate_seconds = _run_logged(command, output_dir / "evaluate.log", args.threads, f"evaluating {unit}")
+    scores = json.loads(scores_path.read_text())
+    record = {
+        "unit": asdict(unit),
+        "command": trained["command"],
+        "evaluation": evaluation,
+        "metrics": scores["metrics"],
+        "validation": None,
+        **{key: scores[key] for key in ("num_test_nodes", "num_real_days", "test_node_ids")},
+        "train_seconds": 0.0,
+        "evaluate_seconds": round(evaluate_seconds, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    result_path.write_text(json.dumps(record, indent=2))
+    return {**record, "reused": False}
+
+
 def baseline_rows(key: str, split: str, data_dir: Path, seeds: list[int], budget: Budget) -> list[dict]:
     """The baselines' scores on the split's test nodes, one row per seed (same days as the models')."""
     dataset = PreparedDataset.load(data_dir)
@@ -545,7 +599,7 @@ def aggregate(rows: list[dict]) -> dict:
 
 
 def _method_order(methods: dict) -> list[str]:
-    models = [name for name in VARIANTS if name in methods]
+    models = [name for name in [*VARIANTS, *SAMPLING_VARIANTS] if name in methods]
     return models + [name for name in BASELINE_LABELS if name in methods]
 
 
@@ -707,18 +761,28 @@ def main(argv: list[str] | None = None) -> None:
         _write(args.output, output, tables)
         return
 
-    units = [Unit(d, sp, v, s) for d in args.datasets for sp in args.splits for s in args.seeds for v in args.variants]
-    records = []
+    sampled = [v for v in args.variants if v in SAMPLING_VARIANTS]
+    trained_variants = list(dict.fromkeys(
+        [v for v in args.variants if v not in SAMPLING_VARIANTS] + [SAMPLING_VARIANTS[v][0] for v in sampled]
+    ))
+    units = [Unit(d, sp, v, s) for d in args.datasets for sp in args.splits for s in args.seeds
+             for v in trained_variants]
+    trained = {}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_unit, u, split_dirs[(u.dataset, u.split)], args) for u in units]
         for future in tqdm(as_completed(futures), total=len(futures), desc="models"):
             record = future.result()
-            unit = record["unit"]
-            logger.info("%s %s %s seed %d: MAE %.3f, CRPS %.3f (train %.0f s, evaluate %.0f s%s)", unit["dataset"],
-                        unit["split"], unit["variant"], unit["seed"], record["metrics"]["mae"],
-                        record["metrics"]["crps"], record["train_seconds"], record["evaluate_seconds"],
-                        ", reused" if record["reused"] else "")
-            records.append(record)
+            _log_record(record)
+            trained[Unit(**record["unit"])] = record
+        # Sampling rows, once the runs they sample exist.
+        futures = [
+            pool.submit(run_sampling_unit, Unit(d, sp, v, s), split_dirs[(d, sp)], args,
+                        trained[Unit(d, sp, SAMPLING_VARIANTS[v][0], s)])
+            for d in args.datasets for sp in args.splits for s in args.seeds for v in sampled
+        ]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="sampling rows"):
+            _log_record(future.result())
+    records = [r for r in [*trained.values(), *(f.result() for f in futures)] if r["unit"]["variant"] in args.variants]
     rows = [{"dataset": r["unit"]["dataset"], "split": r["unit"]["split"], "method": r["unit"]["variant"],
              "seed": r["unit"]["seed"], "metrics": r["metrics"]} for r in records]
     for (key, split), data_dir in split_dirs.items():
@@ -761,6 +825,13 @@ def main(argv: list[str] | None = None) -> None:
         },
     }
     _write(args.output, output, tables)
+
+
+def _log_record(record: dict) -> None:
+    unit = record["unit"]
+    logger.info("%s %s %s seed %d: MAE %.3f, CRPS %.3f (train %.0f s, evaluate %.0f s%s)", unit["dataset"],
+                unit["split"], unit["variant"], unit["seed"], record["metrics"]["mae"], record["metrics"]["crps"],
+                record["train_seconds"], record["evaluate_seconds"], ", reused" if record["reused"] else "")
 
 
 def _write(path: Path, output: dict, tables: str) -> None:

@@ -96,3 +96,35 @@ def test_bad_bench_arguments_fail_with_a_message(quality, capsys):
     command = quality.train_command(Path("d"), Path("o"), "KGDiff", 0, args.budget, curve=True)
     assert command[command.index("--validation_steps") + 1] == "40"
     assert command[command.index("--max_train_steps") + 1] == "120"
+
+
+def test_a_sampling_row_scores_the_trained_rows_weights_with_its_overrides_and_is_reused(quality, base, tmp_path):
+    from kgdiff_diffusers.evaluation import evaluate_pipeline
+    from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline
+
+    args = quality.parse_args(["--quick", "--runs_dir", str(tmp_path / "runs")])
+    args.code_version = "test"
+    split = quality.split_dataset(base, "fold0", 4, 0.2)
+    split.save(tmp_path / "split")
+    pipe = build_pipeline(split, KGDiffModelConfig(condition_dim=16, block_out_channels=(16, 32), norm_num_groups=8,
+                                                   num_train_timesteps=20))
+    pipe.register_to_config(start_strength=0.0, level_exponent=1.0, random_donor_share=0.5)
+    trained_dir = quality._run_folder(args, quality.Unit("nyc", "fold0", "KGDiff", 0))
+    pipe.save_pretrained(trained_dir)
+    trained = {"command": ["train.py"], "finished": "then"}
+    unit = quality.Unit("nyc", "fold0", "KGDiff, same weights without random donors", 0)
+    record = quality.run_sampling_unit(unit, tmp_path / "split", args, trained)
+    assert not record["reused"] and record["evaluation"]["config_overrides"] == {"random_donor_share": 0.0}
+
+    def scores(share):
+        pipe.register_to_config(random_donor_share=share)
+        result = evaluate_pipeline(pipe, split, num_inference_steps=args.budget.num_inference_steps,
+                                   sampler=args.budget.sampler, seed=0, include_baselines=False,
+                                   max_days_per_node=args.budget.max_days_per_node)
+        return result.metrics["methods"]["KGDiff"]
+
+    assert record["metrics"] == pytest.approx(scores(0.0), rel=1e-6)
+    assert record["metrics"]["crps"] != pytest.approx(scores(0.5)["crps"], rel=1e-6)
+    assert quality.run_sampling_unit(unit, tmp_path / "split", args, trained)["reused"]
+    assert not quality.run_sampling_unit(unit, tmp_path / "split", args, {**trained, "finished": "later"})["reused"]
+    assert not (trained_dir / "train.log").exists()  # nothing was trained
