@@ -24,6 +24,9 @@ Protocol (issue 10, DESIGN.md "Quality on unseen nodes"):
   days, global mean profile, k = 1/3/5 nearest-training-node donors) are scored on the same nodes, days and
   seed by :func:`~kgdiff_diffusers.evaluation.evaluate_baselines`. Every method gets MAE, RMSE, MMD, MMD-fixed,
   JSD, CRPS, spread ratio and out-of-range share (:mod:`kgdiff_diffusers.metrics`).
+* Sampling rows (:data:`SAMPLING_VARIANTS`) train nothing: they evaluate a trained row's pipelines with some
+  config entries overridden (e.g. ``start_strength = 1``: the same weights sampled from pure noise), once
+  every model is trained, so each shows what one part of the default's sampling is worth.
 * Tables: per data set, the folds (mean ± sample std over folds x seeds) and the paper split (over seeds).
 
 ``--curve`` instead trains the first variant once per data set on the paper split with validation every
@@ -163,6 +166,8 @@ VARIANTS = {
 SAMPLING_VARIANTS = {
     # The default's validated donor-day start replaced by sampling from pure noise.
     "KGDiff, same weights from noise": (MODEL_NAME, {"start_strength": 1.0}),
+    # The donor days themselves, not denoised (what the denoiser adds where validation chose to run it).
+    "KGDiff, same weights without denoising": (MODEL_NAME, {"start_strength": 0.0}),
     # Donor days from the place's candidates only (no days of random training nodes), all else as chosen.
     "KGDiff, same weights without random donors": (MODEL_NAME, {"random_donor_share": 0.0}),
 }
