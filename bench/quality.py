@@ -165,11 +165,11 @@ VARIANTS = {
 # of the default's sampling is worth.
 SAMPLING_VARIANTS = {
     # The default's validated donor-day start replaced by sampling from pure noise.
-    "KGDiff, same weights from noise": (MODEL_NAME, {"start_strength": 1.0}),
+    "KGDiff from noise (same weights)": (MODEL_NAME, {"start_strength": 1.0}),
     # The donor days themselves, not denoised (what the denoiser adds where validation chose to run it).
-    "KGDiff, same weights without denoising": (MODEL_NAME, {"start_strength": 0.0}),
+    "KGDiff without denoising (same weights)": (MODEL_NAME, {"start_strength": 0.0}),
     # Donor days from the place's candidates only (no days of random training nodes), all else as chosen.
-    "KGDiff, same weights without random donors": (MODEL_NAME, {"random_donor_share": 0.0}),
+    "KGDiff without random donors (same weights)": (MODEL_NAME, {"random_donor_share": 0.0}),
 }
 # The rows of a run without --variants.
 DEFAULT_VARIANTS = [MODEL_NAME, "paper configuration", *SAMPLING_VARIANTS]

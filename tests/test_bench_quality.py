@@ -91,6 +91,8 @@ def test_bad_bench_arguments_fail_with_a_message(quality, capsys):
         with pytest.raises(SystemExit):
             quality.parse_args(argv)
         assert message in capsys.readouterr().err
+    rows = [*quality.VARIANTS, *quality.SAMPLING_VARIANTS]  # every row can be named on the command line
+    assert quality.parse_args(["--variants", ",".join(rows)]).variants == rows
     args = quality.parse_args(["--quick", "--curve"])
     assert args.output.name == "quality_curve.json" and args.budget.curve_every == 40
     command = quality.train_command(Path("d"), Path("o"), "KGDiff", 0, args.budget, curve=True)
@@ -112,7 +114,7 @@ def test_a_sampling_row_scores_the_trained_rows_weights_with_its_overrides_and_i
     trained_dir = quality._run_folder(args, quality.Unit("nyc", "fold0", "KGDiff", 0))
     pipe.save_pretrained(trained_dir)
     trained = {"command": ["train.py"], "finished": "then"}
-    unit = quality.Unit("nyc", "fold0", "KGDiff, same weights without random donors", 0)
+    unit = quality.Unit("nyc", "fold0", "KGDiff without random donors (same weights)", 0)
     record = quality.run_sampling_unit(unit, tmp_path / "split", args, trained)
     assert not record["reused"] and record["evaluation"]["config_overrides"] == {"random_donor_share": 0.0}
 
