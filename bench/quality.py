@@ -532,8 +532,8 @@ def run_sampling_unit(unit: Unit, data_dir: Path, args: argparse.Namespace, trai
     trained_variant, overrides = SAMPLING_VARIANTS[unit.variant]
     model_dir = _run_folder(args, Unit(unit.dataset, unit.split, trained_variant, unit.seed))
     output_dir = _run_folder(args, unit)
-    evaluation = {**_evaluation_settings(args, unit.seed), "config_overrides": overrides,
-                  "trained_run_finished": trained["finished"]}
+    settings = _evaluation_settings(args, unit.seed)
+    evaluation = {**settings, "config_overrides": overrides, "trained_run_finished": trained["finished"]}
     result_path = output_dir / RESULT_FILE
     if not args.rerun and result_path.is_file():
         previous = json.loads(result_path.read_text())
@@ -543,7 +543,7 @@ def run_sampling_unit(unit: Unit, data_dir: Path, args: argparse.Namespace, trai
     scores_path = output_dir / "bench_scores.json"
     command = [
         sys.executable, str(Path(__file__).resolve()), "evaluate-run", str(model_dir), str(data_dir.resolve()),
-        json.dumps(_evaluation_settings(args, unit.seed)), str(args.threads), str(scores_path), json.dumps(overrides),
+        json.dumps(settings), str(args.threads), str(scores_path), json.dumps(overrides),
     ]
     evaluate_seconds = _run_logged(command, output_dir / "evaluate.log", args.threads, f"evaluating {unit}")
     scores = json.loads(scores_path.read_text())

@@ -290,8 +290,9 @@ def test_a_pipeline_without_stored_days_samples_from_noise_and_refuses_a_day_sta
     pipe.save_pretrained(tmp_path)
     reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
     assert reloaded.config.start_strength is None
-    with pytest.raises(ValueError, match="stores days"):
-        KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "start_strength": 0.5})
+    for setting in ({"start_strength": 0.5}, {"random_donor_share": 0.5}):
+        with pytest.raises(ValueError, match="stores days"):
+            KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), **setting})
     for bad in ({"start_strength": 1.5}, {"start_strength": float("nan")}, {"level_exponent": float("nan")}):
         with pytest.raises(ValueError, match="start_strength|level_exponent"):
             KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), **bad})

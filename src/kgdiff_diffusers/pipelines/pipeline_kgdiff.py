@@ -183,6 +183,8 @@ class KGDiffPipeline(DiffusionPipeline):
             raise ValueError(f"level_exponent must be a finite number or None, got {level_exponent}")
         if random_donor_share is not None and not 0 <= random_donor_share <= 1:
             raise ValueError(f"random_donor_share must be in [0, 1] or None, got {random_donor_share}")
+        if random_donor_share and (donor_prior is None or donor_prior.config.get("num_bank_days", 0) == 0):
+            raise ValueError("random_donor_share > 0 needs a donor prior that stores days (num_bank_days > 0)")
         if output_min is not None and len(output_min) != num_features:
             raise ValueError(f"output_min must have {num_features} entries, got {len(output_min)}")
         if day_types is not None:
