@@ -170,6 +170,8 @@ SAMPLING_VARIANTS = {
     "KGDiff without denoising (same weights)": (MODEL_NAME, {"start_strength": 0.0}),
     # Donor days from the place's candidates only (no days of random training nodes), all else as chosen.
     "KGDiff without random donors (same weights)": (MODEL_NAME, {"random_donor_share": 0.0}),
+    # Every donor day at the level the prior estimates (no drawn leave-one-out level errors).
+    "KGDiff without level noise (same weights)": (MODEL_NAME, {"level_noise": 0.0}),
 }
 # The rows of a run without --variants.
 DEFAULT_VARIANTS = [MODEL_NAME, "paper configuration", *SAMPLING_VARIANTS]

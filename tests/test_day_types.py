@@ -190,9 +190,10 @@ def test_pipelines_saved_before_day_types_still_load_and_take_no_day_type(city, 
         config = json.loads(path.read_text())
         del config["num_day_types"]
         config.pop("num_bank_days", None)
+        config.pop("has_level_errors", None)
         path.write_text(json.dumps(config))
         index["config_sha256"][name] = config_digest(config)
-    for added in ("day_types", "start_strength", "level_exponent", "random_donor_share"):
+    for added in ("day_types", "start_strength", "level_exponent", "random_donor_share", "level_noise"):
         del index[added]
     own = {k: v for k, v in index.items() if k not in pipe.components and k != "config_sha256"}
     index["config_sha256"]["model_index"] = config_digest(own)

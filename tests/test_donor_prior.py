@@ -15,6 +15,7 @@ from kgdiff_diffusers.kg.tucker import pretrain_tucker
 from kgdiff_diffusers.models.donor_prior import KGDiffDonorPrior
 from kgdiff_diffusers.training import (
     LEVEL_EXPONENTS,
+    LEVEL_NOISES,
     RANDOM_DONOR_SHARES,
     START_STRENGTHS,
     KGDiffModelConfig,
@@ -309,15 +310,19 @@ def test_the_day_start_is_chosen_by_validation_crps_from_the_grids(city):
     pipe.set_progress_bar_config(disable=True)
     choice = choose_donor_day_start(pipe, dataset, num_inference_steps=4, max_days_per_node=4)
     assert choice["level_exponent"] in LEVEL_EXPONENTS and choice["start_strength"] in START_STRENGTHS
-    assert choice["random_donor_share"] in RANDOM_DONOR_SHARES
-    for key in ("level_exponent", "random_donor_share", "start_strength"):
+    assert choice["random_donor_share"] in RANDOM_DONOR_SHARES and choice["level_noise"] in LEVEL_NOISES
+    for key in ("level_exponent", "random_donor_share", "level_noise", "start_strength"):
         assert pipe.config[key] == choice[key]
     scores = choice["validation_crps"]
-    assert len(scores) == len(LEVEL_EXPONENTS) * len(RANDOM_DONOR_SHARES) + len(START_STRENGTHS) - 1
-    chosen = (f"a={choice['level_exponent']:g}, random donors={choice['random_donor_share']:g}, "
-              f"strength={choice['start_strength']:g}")
+    num_copies = len(LEVEL_EXPONENTS) * len(RANDOM_DONOR_SHARES)
+    assert len(scores) == num_copies + len(LEVEL_NOISES) - 1 + len(START_STRENGTHS) - 1
+    copies = {k: v for k, v in scores.items() if k.endswith("strength=0") and "level noise" not in k}
+    assert len(copies) == num_copies
+    best_copy = min(copies, key=copies.get).rsplit(", strength=", 1)[0]
+    assert best_copy == f"a={choice['level_exponent']:g}, random donors={choice['random_donor_share']:g}"
+    noises = {k: v for k, v in scores.items() if k.endswith("strength=0") and k.startswith(best_copy)}
+    assert len(noises) == len(LEVEL_NOISES)  # each level noise scored on the best copies, without denoising
+    noise = f", level noise={choice['level_noise']:g}" if choice["level_noise"] else ""
+    chosen = f"{best_copy}{noise}, strength={choice['start_strength']:g}"
     assert scores[chosen] == min(scores.values())
-    copies = {k: v for k, v in scores.items() if k.endswith("strength=0")}
-    assert len(copies) == len(LEVEL_EXPONENTS) * len(RANDOM_DONOR_SHARES)
-    assert min(copies, key=copies.get) == chosen.rsplit(", strength=", 1)[0] + ", strength=0"
     assert choose_donor_day_start(build_pipeline(city, KGDiffModelConfig(**SMALL)), city) is None  # no validation

@@ -451,6 +451,7 @@ def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[fl
 
 LEVEL_EXPONENTS = (0.0, 0.5, 1.0)
 RANDOM_DONOR_SHARES = (0.0, 0.25, 0.5)
+LEVEL_NOISES = (0.0, 0.5, 1.0)
 START_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -463,17 +464,19 @@ def choose_donor_day_start(
     max_days_per_node: int = 20,
     seed: int = 0,
 ) -> dict | None:
-    """Sets ``pipe``'s ``level_exponent``, ``random_donor_share`` and ``start_strength`` by validation CRPS.
+    """Sets ``pipe``'s ``level_exponent``, ``random_donor_share``, ``level_noise`` and ``start_strength``.
 
     First the exponent ``a`` of the donor days' rescaling ``x (l / L)^a`` (:data:`LEVEL_EXPONENTS`) and the
     share of days drawn from any training node instead of the place's candidates
     (:data:`RANDOM_DONOR_SHARES`) are chosen together with the copies themselves (strength 0: no
-    denoising), then the share of the denoising chain run from them from :data:`START_STRENGTHS` (1: from
-    pure noise, the donor days unused). Only VALIDATION nodes are scored (CRPS of generated against real
-    days, :func:`evaluate_pipeline`).
+    denoising), then the scale of the drawn level errors (:data:`LEVEL_NOISES`, when the donor prior stores
+    them), then the share of the denoising chain run from them from :data:`START_STRENGTHS` (1: from pure
+    noise, the donor days unused). Each stage keeps the lowest CRPS of generated against real days on the
+    VALIDATION nodes only (:func:`evaluate_pipeline`).
 
     Returns:
-        ``{"level_exponent", "random_donor_share", "start_strength", "validation_crps": {setting: CRPS}}``,
+        ``{"level_exponent", "random_donor_share", "level_noise", "start_strength", "validation_crps":
+        {setting: CRPS}}``,
         or ``None`` (left unchanged) when the pipeline stores no donor days or the dataset has no validation
         node with data.
     """
@@ -484,25 +487,36 @@ def choose_donor_day_start(
     if not len(rows) or not dataset.day_mask[rows].any():
         return None
 
-    def validation_crps(exponent: float, share: float, strength: float) -> float:
-        pipe.register_to_config(level_exponent=exponent, random_donor_share=share, start_strength=strength)
+    def validation_crps(exponent: float, share: float, strength: float, noise: float = 0.0) -> float:
+        pipe.register_to_config(
+            level_exponent=exponent, random_donor_share=share, start_strength=strength, level_noise=noise
+        )
         result = evaluate_pipeline(
             pipe, dataset, num_inference_steps, sampler, seed, include_baselines=False,
             max_days_per_node=max_days_per_node, split="validation",
         )
         return result.metrics["methods"][MODEL_NAME]["crps"]
 
-    def name(exponent: float, share: float, strength: float) -> str:
-        return f"a={exponent:g}, random donors={share:g}, strength={strength:g}"
+    def name(exponent: float, share: float, strength: float, noise: float = 0.0) -> str:
+        level = f", level noise={noise:g}" if noise else ""
+        return f"a={exponent:g}, random donors={share:g}{level}, strength={strength:g}"
 
     copies = {(a, r): validation_crps(a, r, 0.0) for a in LEVEL_EXPONENTS for r in RANDOM_DONOR_SHARES}
     exponent, share = min(copies, key=copies.get)
     scores = {name(a, r, 0.0): crps for (a, r), crps in copies.items()}
-    by_strength = {0.0: copies[exponent, share]}
+    by_noise = {0.0: copies[exponent, share]}
+    if prior.config.get("has_level_errors", False):
+        for noise in LEVEL_NOISES[1:]:
+            by_noise[noise] = validation_crps(exponent, share, 0.0, noise)
+            scores[name(exponent, share, 0.0, noise)] = by_noise[noise]
+    noise = min(by_noise, key=by_noise.get)
+    by_strength = {0.0: by_noise[noise]}
     for strength in START_STRENGTHS[1:]:
-        by_strength[strength] = validation_crps(exponent, share, strength)
-        scores[name(exponent, share, strength)] = by_strength[strength]
+        by_strength[strength] = validation_crps(exponent, share, strength, noise)
+        scores[name(exponent, share, strength, noise)] = by_strength[strength]
     strength = min(by_strength, key=by_strength.get)
-    pipe.register_to_config(level_exponent=exponent, random_donor_share=share, start_strength=strength)
-    return {"level_exponent": exponent, "random_donor_share": share, "start_strength": strength,
-            "validation_crps": scores}
+    pipe.register_to_config(
+        level_exponent=exponent, random_donor_share=share, start_strength=strength, level_noise=noise
+    )
+    return {"level_exponent": exponent, "random_donor_share": share, "level_noise": noise,
+            "start_strength": strength, "validation_crps": scores}

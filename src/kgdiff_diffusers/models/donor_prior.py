@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -62,6 +64,11 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
     from a node's candidates, rescaled to its level, as the starting points from which the pipeline
     denoises (copied days keep the day-to-day structure that a mean plus noise lacks).
 
+    With ``num_bank_days > 0`` the prior also stores each donor's leave-one-out level error (``level_error``:
+    the donor's own mean level against the level its own candidates predict for it, in log units;
+    ``"additive"`` mode: data units), so :meth:`donor_days` can spread the copies' level as widely as the
+    prior misses the level of a training node (``level_noise``).
+
     Args:
         num_nodes: nodes with precomputed candidates (the pipeline's ``node_ids``, in order).
         num_bank: training nodes that can be donors.
@@ -78,6 +85,7 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         weighting: ``"uniform"`` or ``"learned"`` donor weights.
         num_day_types: day types with their own donor summaries (``1``: one over all days).
         num_bank_days: real days stored per donor and day type for :meth:`donor_days` (0: none).
+        has_level_errors: store the donors' leave-one-out level errors (``level_error``, ``(K * num_bank, D)``).
     """
 
     @register_to_config
@@ -99,6 +107,7 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         weighting: str = "uniform",
         num_day_types: int = 1,
         num_bank_days: int = 0,
+        has_level_errors: bool = False,
     ):
         super().__init__()
         if num_day_types < 1:
@@ -128,6 +137,8 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         if num_bank_days > 0:  # absent from pipelines saved before the day bank existed
             self.register_buffer("bank_days", torch.zeros(num_summaries, num_bank_days, num_features, seq_len))
             self.register_buffer("bank_day_count", torch.zeros(num_summaries, dtype=torch.long))
+        if has_level_errors:  # absent from pipelines saved before level errors existed
+            self.register_buffer("level_error", torch.zeros(num_summaries, num_features))
         if weighting == "learned":
             self.scorer = nn.Sequential(
                 nn.Linear(NUM_DONOR_FEATURES, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 2 * num_features)
@@ -220,6 +231,7 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             weighting=weighting,
             num_day_types=num_day_types,
             num_bank_days=num_bank_days,
+            has_level_errors=num_bank_days > 0,
         )
         if num_bank_days > 0:
             model._store_bank_days(days, day_masks if day_masks.ndim == 3 else day_masks[None], bank_rows)
@@ -249,7 +261,23 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             )
             model.candidate_index.copy_(index)
             model.candidate_features.copy_(features)
+            if num_bank_days > 0:
+                model.level_error.copy_(model._leave_one_out_level_errors(torch.from_numpy(bank_rows)))
         return model
+
+    def _leave_one_out_level_errors(self, bank_nodes: torch.Tensor) -> torch.Tensor:
+        """``(K * num_bank, D)``: each donor's own level against its prior's (its candidates exclude it)."""
+        errors = []
+        for day_type in range(self.config.num_day_types):
+            day_types = torch.full_like(bank_nodes, day_type)
+            mean_day, _ = self(bank_nodes, day_types=day_types)
+            predicted = (mean_day * self.feature_std_ + self.feature_mean_).mean(-1)  # (B, D) data units
+            own = self.bank_profile[day_type * self.config.num_bank + torch.arange(len(bank_nodes))].mean(-1)
+            if self.config.level_mode == "multiplicative":
+                errors.append(own.clamp_min(_EPS).log() - predicted.clamp_min(_EPS).log())
+            else:
+                errors.append(own - predicted)
+        return torch.cat(errors)
 
     @torch.no_grad()
     def _store_bank_days(self, days: np.ndarray, day_masks: np.ndarray, bank_rows: np.ndarray) -> None:
@@ -407,6 +435,7 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         generator: torch.Generator | list[torch.Generator] | None = None,
         day_types: torch.Tensor | None = None,
         random_donor_share: float = 0.0,
+        level_noise: float = 0.0,
     ) -> torch.Tensor:
         """One real day of a random candidate donor per row, rescaled towards the row's level.
 
@@ -425,6 +454,7 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             generator: one generator, one per row, or ``None``.
             day_types: ``(B,)`` day type of each row; needed when ``num_day_types > 1``.
             random_donor_share: in ``[0, 1]``; the share of rows whose donor is any training node.
+            level_noise: ``lam >= 0``, the scale of the drawn level errors (0: none).
 
         Returns:
             ``(B, D, T)`` days in normalised units.
@@ -433,11 +463,16 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             raise ValueError("this donor prior stores no days (num_bank_days=0)")
         if not 0 <= random_donor_share <= 1:
             raise ValueError(f"random_donor_share must be in [0, 1], got {random_donor_share}")
+        if not (math.isfinite(level_noise) and level_noise >= 0):
+            raise ValueError(f"level_noise must be a finite number >= 0, got {level_noise}")
+        if level_noise > 0 and not self.config.get("has_level_errors", False):
+            raise ValueError("level_noise > 0 needs a donor prior that stores level errors (built after they existed)")
         batch = index.shape[0]
         day_types = self._check_day_types(day_types, batch, index.device)
         generators = generator if isinstance(generator, list) else [generator] * batch
-        # Two more draws only with random donors, so days generated without them stay as they were.
-        num_draws = 4 if random_donor_share > 0 else 2
+        # Draws 2-3 only with random donors and 4 only with level noise, so days generated without them stay
+        # as they were.
+        num_draws = 5 if level_noise > 0 else 4 if random_donor_share > 0 else 2
         draws = torch.stack([torch.rand(num_draws, generator=g, device=index.device) for g in generators])
         rows = torch.arange(batch, device=index.device)
         donor = index[rows, (draws[:, 0] * index.shape[1]).long().clamp_max(index.shape[1] - 1)]
@@ -455,7 +490,21 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             day = day * ratio.pow(level_exponent).unsqueeze(-1)
         else:
             day = day + (level_exponent * (level - donor_level)).unsqueeze(-1)
+        if level_noise > 0:
+            day = day + self._level_noise_shift(day, draws[:, 4], day_types, level_noise)
         return (day - self.feature_mean_) / self.feature_std_
+
+    def _level_noise_shift(
+        self, day: torch.Tensor, draw: torch.Tensor, day_types: torch.Tensor, level_noise: float
+    ) -> torch.Tensor:
+        """``(B, D, T)`` what ``level_noise`` adds to ``(B, D, T)`` days (data units), from ``(B,)`` uniforms."""
+        num_bank = self.config.num_bank
+        errors = self.level_error.view(self.config.num_day_types, num_bank, -1)[day_types]  # (B, num_bank, D)
+        drawn = errors[torch.arange(len(draw)), (draw * num_bank).long().clamp_max(num_bank - 1)]  # (B, D)
+        if self.config.level_mode == "multiplicative":
+            factor = torch.exp(level_noise * drawn) / torch.exp(level_noise * errors).mean(1)
+            return day * (factor - 1).unsqueeze(-1)
+        return (level_noise * (drawn - errors.mean(1))).unsqueeze(-1).expand_as(day)
 
     def own_statistics(
         self, node_rows: torch.Tensor, day_types: torch.Tensor | None = None

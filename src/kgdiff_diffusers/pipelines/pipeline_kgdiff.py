@@ -30,7 +30,7 @@ NewNodes = Mapping[str, Sequence[tuple[str, str]]]
 # left out of the digests at that value, so such pipelines still load.
 _ADDED_CONFIG_DEFAULTS = {
     "day_types": None, "num_day_types": 1, "start_strength": None, "level_exponent": None, "num_bank_days": 0,
-    "random_donor_share": None,
+    "random_donor_share": None, "level_noise": None, "has_level_errors": False,
 }
 
 
@@ -102,6 +102,9 @@ class KGDiffPipeline(DiffusionPipeline):
             node's); ``None`` means 1.
         random_donor_share: the share of donor days drawn from any training node instead of the node's
             candidates (chosen on validation nodes by training); ``None`` means 0.
+        level_noise: ``lam``: each donor day's level is spread by a leave-one-out level error of the donor
+            prior, scaled by ``lam`` (:meth:`KGDiffDonorPrior.donor_days`; chosen on validation nodes by
+            training); ``None`` means 0.
         data_fingerprint: :func:`~kgdiff_diffusers.fingerprint.data_fingerprint` of the training data.
         config_sha256: ``{"model_index" | component: digest}`` of every config, written by
             :meth:`save_pretrained` and checked by :meth:`from_pretrained`.
@@ -135,6 +138,7 @@ class KGDiffPipeline(DiffusionPipeline):
         start_strength: float | None = None,
         level_exponent: float | None = None,
         random_donor_share: float | None = None,
+        level_noise: float | None = None,
     ):
         super().__init__()
         num_nodes = condition_encoder.config.num_nodes
@@ -185,6 +189,10 @@ class KGDiffPipeline(DiffusionPipeline):
             raise ValueError(f"random_donor_share must be in [0, 1] or None, got {random_donor_share}")
         if random_donor_share and (donor_prior is None or donor_prior.config.get("num_bank_days", 0) == 0):
             raise ValueError("random_donor_share > 0 needs a donor prior that stores days (num_bank_days > 0)")
+        if level_noise is not None and not (math.isfinite(level_noise) and level_noise >= 0):
+            raise ValueError(f"level_noise must be a finite number >= 0 or None, got {level_noise}")
+        if level_noise and (donor_prior is None or not donor_prior.config.get("has_level_errors", False)):
+            raise ValueError("level_noise > 0 needs a donor prior that stores level errors (has_level_errors)")
         if output_min is not None and len(output_min) != num_features:
             raise ValueError(f"output_min must have {num_features} entries, got {len(output_min)}")
         if day_types is not None:
@@ -224,6 +232,7 @@ class KGDiffPipeline(DiffusionPipeline):
             start_strength=None if start_strength is None else float(start_strength),
             level_exponent=None if level_exponent is None else float(level_exponent),
             random_donor_share=None if random_donor_share is None else float(random_donor_share),
+            level_noise=None if level_noise is None else float(level_noise),
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
@@ -667,7 +676,7 @@ class KGDiffPipeline(DiffusionPipeline):
                     days = self.donor_prior.donor_days(
                         candidates[nodes], donor_series[nodes], 1.0 if exponent is None else exponent,
                         chunk_generator, self._day_type_rows(day_type, len(nodes)),
-                        self.config.get("random_donor_share") or 0.0,
+                        self.config.get("random_donor_share") or 0.0, self.config.get("level_noise") or 0.0,
                     )
                     start_images = emb.to_image(days - donor_series[nodes]) / residual_scale[nodes]
                 images = self._sample_chunk(
