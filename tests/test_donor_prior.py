@@ -1,9 +1,11 @@
 """KGDiffDonorPrior: hand-computed priors, no self-leakage, new places, the residual pipeline, bounds, save/load."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from kgdiff_diffusers import KGDiffPipeline
@@ -11,8 +13,10 @@ from kgdiff_diffusers.data.days import split_validation_nodes
 from kgdiff_diffusers.data.prepared import prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import use_sampler
+from kgdiff_diffusers.fingerprint import config_digest
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
 from kgdiff_diffusers.models.donor_prior import KGDiffDonorPrior
+from kgdiff_diffusers.pipelines.pipeline_kgdiff import _without_added_defaults
 from kgdiff_diffusers.training import (
     LEVEL_EXPONENTS,
     LEVEL_NOISES,
@@ -256,6 +260,89 @@ def test_random_donors_replace_a_share_of_the_candidate_days_with_days_of_any_tr
     prior = reloaded.donor_prior
     with pytest.raises(ValueError, match="random_donor_share"):
         prior.donor_days(prior.candidate_index[:1], torch.zeros(1, 1, city.steps_per_day), 1.0, None, None, 2.0)
+
+
+def test_level_errors_are_each_donors_own_level_against_its_candidates_geometric_mean(city):
+    prior = build_pipeline(city, KGDiffModelConfig(**SMALL)).donor_prior
+    bank_nodes = torch.nonzero(prior.node_bank_row >= 0).squeeze(1)
+    levels = prior.bank_profile.mean(-1).numpy()  # (num_bank, D) data units
+    candidates = prior.candidate_index[bank_nodes].numpy()  # (num_bank, 2K), never the donor itself
+    assert not (candidates == prior.node_bank_row[bank_nodes].numpy()[:, None]).any()
+    expected = np.log(levels) - np.log(levels[candidates]).mean(axis=1)
+    np.testing.assert_allclose(prior.level_error.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_level_noise_spreads_each_copy_by_a_donors_level_error_and_keeps_the_mean_level(city, tmp_path):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=64))
+    pipe.set_progress_bar_config(disable=True)
+    node = city.node_ids[int(city.test_rows[0])]
+
+    def sample(p):
+        return p(node_ids=[node], num_samples=40, num_inference_steps=4,
+                 generator=torch.Generator().manual_seed(0)).series[0]
+
+    pipe.register_to_config(start_strength=0.0, level_exponent=1.0, random_donor_share=0.25)
+    plain = sample(pipe)
+    pipe.register_to_config(level_noise=0.0)
+    np.testing.assert_array_equal(plain, sample(pipe))  # lam = 0 is the plain copies, same streams
+    pipe.register_to_config(level_noise=0.5)
+    noisy = sample(pipe)
+    errors = pipe.donor_prior.level_error.numpy()  # (num_bank, D)
+    factors = np.exp(0.5 * errors) / np.exp(0.5 * errors).mean(axis=0)  # the possible level factors
+    busy = plain > 1.0
+    for day in range(len(plain)):  # the same day of the same donor, times one donor's factor per feature
+        for feature in range(plain.shape[-1]):
+            steps = busy[day, :, feature]
+            ratio = noisy[day, steps, feature] / plain[day, steps, feature]
+            np.testing.assert_allclose(ratio, np.median(ratio), rtol=1e-3)
+            assert np.abs(factors[:, feature] - np.median(ratio)).min() < 1e-3 * np.median(ratio)
+    assert np.ptp(noisy.mean(axis=1) / plain.mean(axis=1)) > 0.05  # the days' levels do differ
+    pipe.save_pretrained(tmp_path)
+    reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.config.level_noise == 0.5
+    np.testing.assert_array_equal(noisy, sample(reloaded))
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="level_noise"):
+            KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "level_noise": bad})
+
+
+def test_pipelines_saved_before_level_errors_load_sample_as_before_and_refuse_level_noise(city, tmp_path):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=16))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.register_to_config(start_strength=0.0, level_exponent=1.0)
+    nodes = [city.node_ids[r] for r in city.test_rows]
+
+    def sample(p):
+        return p(node_ids=nodes, num_samples=3, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+
+    expected = sample(pipe).series
+    pipe.save_pretrained(tmp_path)
+    # What the previous version wrote: no level_error buffer, no has_level_errors / level_noise entries.
+    weights = tmp_path / "donor_prior" / "diffusion_pytorch_model.safetensors"
+    state = safetensors.torch.load_file(weights)
+    del state["level_error"]
+    safetensors.torch.save_file(state, weights)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    config_path = tmp_path / "donor_prior" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["has_level_errors"]
+    config_path.write_text(json.dumps(config))
+    index["config_sha256"]["donor_prior"] = config_digest(_without_added_defaults(config))
+    del index["level_noise"]
+    own = {k: v for k, v in index.items() if k not in pipe.components and k != "config_sha256"}
+    index["config_sha256"]["model_index"] = config_digest(_without_added_defaults(own))
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+
+    old = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
+    old.set_progress_bar_config(disable=True)
+    assert not hasattr(old.donor_prior, "level_error") and old.config.level_noise is None
+    np.testing.assert_array_equal(sample(old).series, expected)
+    with pytest.raises(ValueError, match="level errors"):
+        KGDiffPipeline(**old.components, **{**_own_config(old), "level_noise": 0.5})
+    old.register_to_config(level_noise=0.5)
+    with pytest.raises(ValueError, match="level errors"):
+        sample(old)
 
 
 def test_a_donor_day_start_is_reproducible_batch_independent_and_reloads_bit_identical(city, tmp_path):
