@@ -232,6 +232,11 @@ def test_model_card_states_the_chosen_donor_day_start(run, tmp_path):
     (model_dir / "model_index.json").write_text(json.dumps(index))
     text = hub.render_model_card(model_dir, repo_id=REPO_ID).text
     assert "validation nodes). A share 0.25 of the days starts from a day of any training" in text
+    assert "level error" not in text
+    index.update(level_noise=0.5)
+    (model_dir / "model_index.json").write_text(json.dumps(index))
+    text = hub.render_model_card(model_dir, repo_id=REPO_ID).text
+    assert "leave-one-out level error of a random training" in text and "(scaled by 0.5, mean level kept)" in text
 
 
 def test_model_card_rejects_metrics_of_another_pipeline(run, tmp_path):
