@@ -413,3 +413,12 @@ def test_the_day_start_is_chosen_by_validation_crps_from_the_grids(city):
     chosen = f"{best_copy}{noise}, strength={choice['start_strength']:g}"
     assert scores[chosen] == min(scores.values())
     assert choose_donor_day_start(build_pipeline(city, KGDiffModelConfig(**SMALL)), city) is None  # no validation
+
+
+def test_a_huge_level_noise_stays_finite(city):
+    prior = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=8)).donor_prior
+    rows = torch.as_tensor(city.test_rows)
+    mean_day, _ = prior(rows)
+    days = prior.donor_days(prior.candidate_index[rows], mean_day, 1.0, torch.Generator().manual_seed(0),
+                            level_noise=1e4)
+    assert torch.isfinite(days).all()

@@ -502,7 +502,9 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         errors = self.level_error.view(self.config.num_day_types, num_bank, -1)[day_types]  # (B, num_bank, D)
         drawn = errors[torch.arange(len(draw)), (draw * num_bank).long().clamp_max(num_bank - 1)]  # (B, D)
         if self.config.level_mode == "multiplicative":
-            factor = torch.exp(level_noise * drawn) / torch.exp(level_noise * errors).mean(1)
+            # exp(lam e_j) / mean_i exp(lam e_i), in logs so that a large lam cannot overflow
+            log_mean = torch.logsumexp(level_noise * errors, dim=1) - math.log(num_bank)
+            factor = torch.exp(level_noise * drawn - log_mean)
             return day * (factor - 1).unsqueeze(-1)
         return (level_noise * (drawn - errors.mean(1))).unsqueeze(-1).expand_as(day)
 
