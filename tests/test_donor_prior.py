@@ -422,3 +422,11 @@ def test_a_huge_level_noise_stays_finite(city):
     days = prior.donor_days(prior.candidate_index[rows], mean_day, 1.0, torch.Generator().manual_seed(0),
                             level_noise=1e4)
     assert torch.isfinite(days).all()
+
+
+def test_a_checkpoint_state_without_level_errors_resumes_with_the_computed_ones(city):
+    prior = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=8)).donor_prior
+    computed = prior.level_error.clone()
+    state = {k: v for k, v in prior.state_dict().items() if k != "level_error"}  # what a checkpoint held before
+    prior.load_state_dict(state, strict=True)
+    torch.testing.assert_close(prior.level_error, computed, rtol=0, atol=0)

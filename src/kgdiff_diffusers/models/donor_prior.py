@@ -67,7 +67,8 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
     With ``num_bank_days > 0`` the prior also stores each donor's leave-one-out level error (``level_error``:
     the donor's own mean level against the level its own candidates predict for it, in log units;
     ``"additive"`` mode: data units), so :meth:`donor_days` can spread the copies' level as widely as the
-    prior misses the level of a training node (``level_noise``).
+    prior misses the level of a training node (``level_noise``). They are computed when the prior is built
+    (with ``weighting="learned"``, from the untrained scorer's weights).
 
     Args:
         num_nodes: nodes with precomputed candidates (the pipeline's ``node_ids``, in order).
@@ -278,6 +279,13 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             else:
                 errors.append(own - predicted)
         return torch.cat(errors)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Level errors are derived from the other buffers when the prior is built: a training checkpoint
+        # written before they existed resumes with the ones just computed instead of failing on a missing key.
+        if self.config.get("has_level_errors", False) and prefix + "level_error" not in state_dict:
+            state_dict[prefix + "level_error"] = self.level_error.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def _store_bank_days(self, days: np.ndarray, day_masks: np.ndarray, bank_rows: np.ndarray) -> None:
