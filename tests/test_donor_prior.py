@@ -430,3 +430,34 @@ def test_a_checkpoint_state_without_level_errors_resumes_with_the_computed_ones(
     state = {k: v for k, v in prior.state_dict().items() if k != "level_error"}  # what a checkpoint held before
     prior.load_state_dict(state, strict=True)
     torch.testing.assert_close(prior.level_error, computed, rtol=0, atol=0)
+
+
+def test_signed_data_level_noise_adds_a_donors_level_error():
+    # 4 signed donors + 1 query on a line (additive mode): e_j = own mean - mean of the candidates' means.
+    shape = np.array([1.0, -2.0, 3.0, -2.0], np.float32)
+    profiles = np.stack([np.full((1, 4), v, np.float32) + shape for v in (-3.0, 0.0, 2.0, 7.0, 0.0)])
+    days = np.repeat(profiles.transpose(0, 2, 1)[:, None], 3, axis=1)  # (5, 3, T, D): every day = the mean day
+    locations = np.array([[0.0, 0.00], [0.0, 0.01], [0.0, 0.02], [0.0, 0.03], [0.0, 0.015]])
+    prior = KGDiffDonorPrior.from_training_data(
+        profiles, np.ones((5, 1), np.float32), np.arange(4), locations, np.arange(5), np.zeros(5, np.int64),
+        np.zeros(5, np.int64), num_entities=1, num_relations=1, feature_mean=np.array([0.0]),
+        feature_std=np.array([1.0]), num_donors=2, days=days, day_masks=np.ones((5, 3), bool), num_bank_days=3,
+    )
+    assert prior.config.level_mode == "additive"
+    levels = profiles[:4, 0].mean(axis=1)
+    candidates = prior.candidate_index[:4].numpy()
+    expected = levels - levels[candidates].mean(axis=1)
+    np.testing.assert_allclose(prior.level_error.numpy()[:, 0], expected, rtol=1e-5, atol=1e-5)
+    mean_day, _ = prior(torch.tensor([4] * 20))
+    index = prior.candidate_index[[4] * 20]
+
+    def streams():  # one per day, as the pipeline draws them
+        return [torch.Generator().manual_seed(day) for day in range(20)]
+
+    plain = prior.donor_days(index, mean_day, 0.0, streams(), random_donor_share=0.5)
+    noisy = prior.donor_days(index, mean_day, 0.0, streams(), random_donor_share=0.5, level_noise=2.0)
+    shift = (noisy - plain)[:, 0].numpy()  # (20, T): one constant per day
+    np.testing.assert_allclose(shift, shift[:, :1].repeat(4, axis=1), atol=1e-5)
+    possible = 2.0 * (expected - expected.mean())
+    assert np.abs(shift[:, :1] - possible[None]).min(axis=1).max() < 1e-4
+    assert np.ptp(shift) > 1.0  # the days do get different levels

@@ -499,22 +499,21 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         else:
             day = day + (level_exponent * (level - donor_level)).unsqueeze(-1)
         if level_noise > 0:
-            day = day + self._level_noise_shift(day, draws[:, 4], day_types, level_noise)
+            day = self._with_level_noise(day, draws[:, 4], day_types, level_noise)
         return (day - self.feature_mean_) / self.feature_std_
 
-    def _level_noise_shift(
+    def _with_level_noise(
         self, day: torch.Tensor, draw: torch.Tensor, day_types: torch.Tensor, level_noise: float
     ) -> torch.Tensor:
-        """``(B, D, T)`` what ``level_noise`` adds to ``(B, D, T)`` days (data units), from ``(B,)`` uniforms."""
+        """``(B, D, T)`` days (data units) with the level of a donor drawn by ``(B,)`` uniforms ``draw``."""
         num_bank = self.config.num_bank
         errors = self.level_error.view(self.config.num_day_types, num_bank, -1)[day_types]  # (B, num_bank, D)
         drawn = errors[torch.arange(len(draw)), (draw * num_bank).long().clamp_max(num_bank - 1)]  # (B, D)
         if self.config.level_mode == "multiplicative":
             # exp(lam e_j) / mean_i exp(lam e_i), in logs so that a large lam cannot overflow
             log_mean = torch.logsumexp(level_noise * errors, dim=1) - math.log(num_bank)
-            factor = torch.exp(level_noise * drawn - log_mean)
-            return day * (factor - 1).unsqueeze(-1)
-        return (level_noise * (drawn - errors.mean(1))).unsqueeze(-1).expand_as(day)
+            return day * torch.exp(level_noise * drawn - log_mean).unsqueeze(-1)
+        return day + (level_noise * (drawn - errors.mean(1))).unsqueeze(-1)
 
     def own_statistics(
         self, node_rows: torch.Tensor, day_types: torch.Tensor | None = None
