@@ -1,7 +1,5 @@
 """bench/quality.py's protocol: spatial folds, validation nodes from the training side, fold aggregation."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +9,12 @@ from kgdiff_diffusers.data.prepared import prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from .conftest import load_bench_module
 
 
 @pytest.fixture(scope="module")
 def quality():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_quality", BENCH / "quality.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_quality"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_bench_module("quality")
 
 
 @pytest.fixture(scope="module")
