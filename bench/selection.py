@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import machine_info, markdown_table
+from tqdm.auto import tqdm
 
 from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.data.prepared import PreparedDataset
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         futures = [pool.submit(score_grid, args.runs_dir / key / split / f"kgdiff_seed{seed}",
                                args.splits_dir / DATASETS[key] / split, seed, args.num_inference_steps,
                                args.max_days_per_node, args.threads) for key, split, seed in units]
-        grids = [future.result() for future in futures]
+        grids = [future.result() for future in tqdm(futures, desc="runs scored")]
     output, tables = {"machine": machine_info(), "units": units, "grids": grids, "rows": {}}, []
     for key in args.datasets.split(","):
         rows = summarise([grid for unit, grid in zip(units, grids) if unit[0] == key])
