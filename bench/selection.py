@@ -15,7 +15,7 @@ validation AND the test nodes, and reports the test metrics that other selection
   this grid (not a method: it peeks at the test nodes).
 
 Example:
-    python bench/selection.py --runs_dir bench/results/runs --splits_dir bench/results/splits \\
+    python bench/selection.py --runs_dir bench/results/runs --splits_dir bench/results/splits --seeds 0,1 \\
         --output bench/results/selection.json
 """
 
@@ -123,19 +123,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits_dir", type=Path, default=Path("bench/results/splits"))
     parser.add_argument("--datasets", default="nyc,pems")
     parser.add_argument("--splits", default="fold0,fold1,fold2,fold3")
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds of the runs (bench/quality.py's)")
     parser.add_argument("--num_inference_steps", type=int, default=20)
     parser.add_argument("--max_days_per_node", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=Path("bench/results/selection.json"))
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
+    if unknown:
+        raise SystemExit(f"unknown --datasets {unknown}; known: {sorted(DATASETS)}")
     units = [(key, split, int(seed)) for key in args.datasets.split(",") for split in args.splits.split(",")
              for seed in args.seeds.split(",")]
     for key, split, seed in units:
         model_dir = args.runs_dir / key / split / f"kgdiff_seed{seed}"
         if not (model_dir / "model_index.json").is_file():
             raise SystemExit(f"no finished KGDiff run at {model_dir}: run bench/quality.py for it first")
+        data_dir = args.splits_dir / DATASETS[key] / split
+        if not data_dir.is_dir():
+            raise SystemExit(f"no split folder at {data_dir}: pass the --splits_dir that bench/quality.py used")
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(score_grid, args.runs_dir / key / split / f"kgdiff_seed{seed}",
                                args.splits_dir / DATASETS[key] / split, seed, args.num_inference_steps,
