@@ -76,7 +76,15 @@ def score_grid(model_dir: Path, data_dir: Path, seed: int, num_inference_steps: 
 
 
 def _criterion(point: dict, reference: dict, criterion: str) -> float:
-    return sum(point["validation"][name] / reference["validation"][name] for name in criterion.split("+"))
+    values = [(point["validation"][name], reference["validation"][name]) for name in criterion.split("+")]
+    if any(value is None or base is None for value, base in values):
+        raise ValueError(f"validation {criterion} is undefined at {point['level_noise']}/{point['start_strength']}")
+    return sum(value / base for value, base in values)
+
+
+def _mean(values: list) -> float:
+    """Mean over runs of a test metric, leaving out runs where it is undefined (``None``)."""
+    return float(np.nanmean([np.nan if value is None else value for value in values]))
 
 
 def choose(grid: list[dict], criterion: str, staged: bool) -> dict:
@@ -105,14 +113,15 @@ def summarise(grids: list[list[dict]]) -> dict[str, dict]:
     rows = {}
     for name, (criterion, staged) in RULES.items():
         chosen = [choose(grid, criterion, staged) for grid in grids]
-        rows[name] = {"test": {m: float(np.mean([p["test"][m] for p in chosen])) for m in METRICS},
+        rows[name] = {"test": {m: _mean([p["test"][m] for p in chosen]) for m in METRICS},
                       "choices": [f"{p['level_noise']:g}/{p['start_strength']:g}" for p in chosen]}
     for noise in LEVEL_NOISES:
         fixed = [next(p for p in grid if p["level_noise"] == noise and p["start_strength"] == 0) for grid in grids]
         rows[f"fixed: level noise {noise:g}, strength 0"] = {
-            "test": {m: float(np.mean([p["test"][m] for p in fixed])) for m in METRICS}, "choices": None}
+            "test": {m: _mean([p["test"][m] for p in fixed]) for m in METRICS}, "choices": None}
     rows["test oracle (peeks; not a method)"] = {
-        "test": {m: float(np.mean([min(p["test"][m] for p in grid) for grid in grids])) for m in METRICS},
+        "test": {m: _mean([min((p["test"][m] for p in grid if p["test"][m] is not None), default=None)
+                          for grid in grids]) for m in METRICS},
         "choices": None}
     return rows
 

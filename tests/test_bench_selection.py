@@ -48,3 +48,9 @@ def test_summary_means_over_runs_and_oracle_takes_each_runs_best_test_point(sele
     assert rows["staged CRPS (default)"]["choices"] == ["0.5/0", "0.5/0"]
     assert rows["fixed: level noise 1, strength 0"]["test"]["crps"] == pytest.approx((3.0 + 4.0) / 2)
     assert rows["test oracle (peeks; not a method)"]["test"]["crps"] == pytest.approx((3.0 + 4.0) / 2)
+
+
+def test_an_undefined_validation_score_is_an_error_not_a_silent_choice(selection, grid):
+    grid[2]["validation"]["crps"] = None
+    with pytest.raises(ValueError, match="validation crps is undefined at 0.5/0"):
+        selection.choose(grid, "crps", staged=True)
