@@ -87,6 +87,8 @@ logger = logging.getLogger("bench.quality")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 RESULT_FILE = "bench_quality.json"
+# Evaluation seeds of one training seed's draws are this far apart, so no two seeds' draws share a seed.
+EVAL_DRAW_STRIDE = 1000
 PAPER_SPLIT = "paper"
 
 
@@ -185,6 +187,8 @@ BASELINE_LABELS = {
     "knn5_profile": "kNN k=5 profile",
     "knn5_days": "kNN k=5 days",
 }
+# Metrics of the paired differences against the baselines (lower is better for each).
+PAIRED_METRICS = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "jsd", "crps")
 # Reference lines of the --curve plot.
 CURVE_BASELINES = ("random_training_days", "knn3_profile", "knn5_days")
 CURVE_METRICS = ("mae", "mmd_fixed_bandwidth", "crps", "spread_ratio")
@@ -228,6 +232,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--validation_fraction", type=float, default=0.2,
                         help="share of each split's training side held out as validation nodes")
     parser.add_argument("--seeds", help="comma-separated training/evaluation seeds (default: 0)")
+    parser.add_argument("--eval_draws", type=int, default=1,
+                        help="evaluation draws per model and seed (real days compared, generated days, baseline "
+                             "draws), averaged: more draws, less sampling noise in each value (default: 1)")
     parser.add_argument("--variants", help=f"comma-separated model rows (default: {','.join(DEFAULT_VARIANTS)}): "
                         + ",".join([*VARIANTS, *SAMPLING_VARIANTS]))
     parser.add_argument("--output", type=Path, help="results JSON (default: bench/results/quality.json, "
@@ -268,8 +275,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name}: unknown or empty {unknown or chosen}; choose from {', '.join(known)}")
     if not 0.0 < args.validation_fraction < 1.0:
         parser.error(f"--validation_fraction must be in (0, 1), got {args.validation_fraction}")
-    if args.jobs < 1 or args.threads < 1:
-        parser.error("--jobs and --threads must be >= 1")
+    if args.jobs < 1 or args.threads < 1 or args.eval_draws < 1:
+        parser.error("--jobs, --threads and --eval_draws must be >= 1")
     base = BUDGETS["quick" if args.quick else "full"]
     overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
     if any(value < 1 for value in overrides.values()):
@@ -416,6 +423,20 @@ class Unit:
     seed: int
 
 
+def evaluation_seeds(seed: int, draws: int) -> list[int]:
+    """The evaluation seeds of ``draws`` draws for training seed ``seed``: ``seed`` first, then far apart."""
+    return [seed + EVAL_DRAW_STRIDE * draw for draw in range(draws)]
+
+
+def mean_metrics(draws: list[dict]) -> dict:
+    """``{metric: mean}`` over evaluation draws; a metric undefined (``None``) in every draw stays ``None``."""
+    means = {}
+    for metric in METRIC_NAMES:
+        values = [draw[metric] for draw in draws if draw.get(metric) is not None]
+        means[metric] = float(np.mean(values)) if values else None
+    return means
+
+
 def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int,
                  config_overrides: dict | None = None) -> dict:
     """Scores a trained pipeline on its split's test nodes (``evaluate_pipeline``, no baselines).
@@ -426,26 +447,33 @@ def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int
     Args:
         model_dir: a ``KGDiffPipeline.save_pretrained`` folder.
         data_dir: the split folder it was trained on.
-        evaluation: ``sampler``, ``num_inference_steps``, ``max_days_per_node``, ``seed``.
+        evaluation: ``sampler``, ``num_inference_steps``, ``max_days_per_node``, ``seed`` and, for several
+            draws, ``eval_seeds`` (one evaluation per seed, averaged).
         threads: ``torch.set_num_threads``.
         config_overrides: pipeline config entries set before sampling (a sampling row).
 
     Returns:
-        ``{"metrics", "num_test_nodes", "num_real_days", "test_node_ids"}``.
+        ``{"metrics" (mean over draws), "metrics_by_draw", "num_test_nodes", "num_real_days" (of the first
+        draw), "test_node_ids"}``.
     """
     torch.set_num_threads(threads)
     pipe = KGDiffPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     if config_overrides:
         pipe.register_to_config(**config_overrides)
+    dataset = PreparedDataset.load(data_dir)
+    results = []
     with torch.inference_mode():
-        result = evaluate_pipeline(
-            pipe, PreparedDataset.load(data_dir), num_inference_steps=evaluation["num_inference_steps"],
-            sampler=evaluation["sampler"], seed=evaluation["seed"], include_baselines=False,
-            max_days_per_node=evaluation["max_days_per_node"],
-        )
-    return {"metrics": result.metrics["methods"][MODEL_NAME],
-            **{key: result.metrics[key] for key in ("num_test_nodes", "num_real_days", "test_node_ids")}}
+        for seed in evaluation.get("eval_seeds", [evaluation["seed"]]):
+            results.append(evaluate_pipeline(
+                pipe, dataset, num_inference_steps=evaluation["num_inference_steps"],
+                sampler=evaluation["sampler"], seed=seed, include_baselines=False,
+                max_days_per_node=evaluation["max_days_per_node"],
+            ).metrics)
+    by_draw = [result["methods"][MODEL_NAME] for result in results]
+    metrics = by_draw[0] if len(by_draw) == 1 else mean_metrics(by_draw)
+    return {"metrics": metrics, "metrics_by_draw": by_draw,
+            **{key: results[0][key] for key in ("num_test_nodes", "num_real_days", "test_node_ids")}}
 
 
 def _evaluate_main(argv: list[str]) -> None:
@@ -474,31 +502,41 @@ def _run_folder(args: argparse.Namespace, unit: Unit, curve: bool = False) -> Pa
 
 def _evaluation_settings(args: argparse.Namespace, seed: int) -> dict:
     budget = args.budget
-    return {"sampler": budget.sampler, "num_inference_steps": budget.num_inference_steps,
-            "max_days_per_node": budget.max_days_per_node, "seed": seed, "code_version": args.code_version}
+    settings = {"sampler": budget.sampler, "num_inference_steps": budget.num_inference_steps,
+                "max_days_per_node": budget.max_days_per_node, "seed": seed, "code_version": args.code_version}
+    if args.eval_draws > 1:  # absent for one draw, so records written before draws existed stay reusable
+        settings["eval_seeds"] = evaluation_seeds(seed, args.eval_draws)
+    return settings
 
 
 def run_unit(unit: Unit, data_dir: Path, args: argparse.Namespace) -> dict:
     """Trains one model and evaluates it on its split's test nodes, each in its own process.
 
+    A finished run whose training command and code version match is reused; only its evaluation is redone
+    when the evaluation settings changed (e.g. ``--eval_draws``), so the model is not trained again.
+
     Returns:
         ``{"unit", "command", "evaluation", "metrics", "validation", "train_seconds", "evaluate_seconds",
-        "reused", ...}``; ``validation`` is the last ``validation.json`` entry (the validation nodes' scores).
+        "reused", "retrained", ...}``; ``validation`` is the last ``validation.json`` entry (the validation
+        nodes' scores); ``reused``: nothing was run; ``retrained``: the model was trained in this call.
     """
     output_dir = _run_folder(args, unit)
     command = train_command(data_dir, output_dir, unit.variant, unit.seed, args.budget)
     evaluation = _evaluation_settings(args, unit.seed)
     shown = [Path(command[0]).name, *command[1:]]
     result_path = output_dir / RESULT_FILE
-    if not args.rerun and result_path.is_file():
-        previous = json.loads(result_path.read_text())
-        if previous.get("command") == shown and previous.get("evaluation") == evaluation:
-            return {**previous, "reused": True}
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    train_seconds = _run_logged(command, output_dir / "train.log", args.threads, f"training {unit}")
-    if not args.keep_checkpoints:
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    previous = json.loads(result_path.read_text()) if not args.rerun and result_path.is_file() else {}
+    if previous.get("command") == shown and previous.get("evaluation") == evaluation:
+        return {**previous, "reused": True, "retrained": False}
+    trained = (previous.get("command") == shown and (output_dir / "model_index.json").is_file()
+               and previous.get("evaluation", {}).get("code_version") == args.code_version)
+    if trained:
+        train_seconds = previous["train_seconds"]
+    else:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        train_seconds = _run_logged(command, output_dir / "train.log", args.threads, f"training {unit}")
+        if not args.keep_checkpoints:
+            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     scores_path = output_dir / "bench_scores.json"
     evaluate_command = [
         sys.executable, str(Path(__file__).resolve()), "evaluate-run", str(output_dir), str(data_dir.resolve()),
@@ -513,16 +551,18 @@ def run_unit(unit: Unit, data_dir: Path, args: argparse.Namespace) -> dict:
         "command": shown,
         "evaluation": evaluation,
         "metrics": scores["metrics"],
+        "metrics_by_draw": scores["metrics_by_draw"],
         "validation": validation,
         "num_test_nodes": scores["num_test_nodes"],
         "num_real_days": scores["num_real_days"],
         "test_node_ids": scores["test_node_ids"],
         "train_seconds": round(train_seconds, 1),
         "evaluate_seconds": round(evaluate_seconds, 1),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # when the model was trained: sampling rows of it are redone when it changes
+        "finished": previous["finished"] if trained else time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     result_path.write_text(json.dumps(record, indent=2))
-    return {**record, "reused": False}
+    return {**record, "reused": False, "retrained": not trained}
 
 
 def run_sampling_unit(unit: Unit, data_dir: Path, args: argparse.Namespace, trained: dict) -> dict:
@@ -554,6 +594,7 @@ def run_sampling_unit(unit: Unit, data_dir: Path, args: argparse.Namespace, trai
         "command": trained["command"],
         "evaluation": evaluation,
         "metrics": scores["metrics"],
+        "metrics_by_draw": scores["metrics_by_draw"],
         "validation": None,
         **{key: scores[key] for key in ("num_test_nodes", "num_real_days", "test_node_ids")},
         "train_seconds": 0.0,
@@ -564,14 +605,19 @@ def run_sampling_unit(unit: Unit, data_dir: Path, args: argparse.Namespace, trai
     return {**record, "reused": False}
 
 
-def baseline_rows(key: str, split: str, data_dir: Path, seeds: list[int], budget: Budget) -> list[dict]:
-    """The baselines' scores on the split's test nodes, one row per seed (same days as the models')."""
+def baseline_rows(key: str, split: str, data_dir: Path, seeds: list[int], budget: Budget,
+                  eval_draws: int = 1) -> list[dict]:
+    """The baselines' scores on the split's test nodes, one row per seed (same days and draws as the models')."""
     dataset = PreparedDataset.load(data_dir)
     rows = []
     for seed in seeds:
-        metrics = evaluate_baselines(dataset, "test", seed=seed, max_days_per_node=budget.max_days_per_node)
-        rows += [{"dataset": key, "split": split, "method": method, "seed": seed, "metrics": scores}
-                 for method, scores in metrics["methods"].items()]
+        draws = [
+            evaluate_baselines(dataset, "test", seed=draw_seed, max_days_per_node=budget.max_days_per_node)["methods"]
+            for draw_seed in evaluation_seeds(seed, eval_draws)
+        ]
+        rows += [{"dataset": key, "split": split, "method": method, "seed": seed,
+                  "metrics": draws[0][method] if eval_draws == 1 else mean_metrics([d[method] for d in draws])}
+                 for method in draws[0]]
     return rows
 
 
@@ -635,14 +681,58 @@ def quality_table(methods: dict) -> str:
     return markdown_table(["method", *(METRIC_LABELS[m] for m in METRIC_NAMES)], rows)
 
 
-def render(summary: dict, args: argparse.Namespace, details: dict) -> str:
-    """All tables with a header line per data set and group and the settings behind them."""
+def paired_differences(rows: list[dict], dataset: str, group: str, model: str = MODEL_NAME) -> dict:
+    """``{baseline: {metric: {"mean", "se", "wins", "n"}}}``: ``model`` minus each baseline, paired by split and seed.
+
+    ``mean`` and ``se`` (standard error, ``None`` for one pair) of the differences over the pairs where both
+    are defined; ``wins``: pairs where the model is better (lower). Negative means: the model is better.
+    """
+    by_key: dict = {}
+    for row in rows:
+        if row["dataset"] == dataset and group_of(row["split"]) == group:
+            by_key.setdefault(row["method"], {})[(row["split"], row["seed"])] = row["metrics"]
+    ours = by_key.get(model, {})
+    result: dict = {}
+    for baseline in (name for name in BASELINE_LABELS if name in by_key):
+        for metric in PAIRED_METRICS:
+            pairs = [(ours[key].get(metric), theirs.get(metric)) for key, theirs in by_key[baseline].items()
+                     if key in ours]
+            diffs = np.asarray([a - b for a, b in pairs if a is not None and b is not None], dtype=np.float64)
+            result.setdefault(baseline, {})[metric] = {
+                "mean": float(diffs.mean()) if diffs.size else None,
+                "se": float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else None,
+                "wins": int((diffs < 0).sum()),
+                "n": int(diffs.size),
+            }
+    return result
+
+
+def paired_table(differences: dict) -> str:
+    """Markdown table of :func:`paired_differences`: ``mean ± se (wins/n)`` per baseline and metric."""
+    def cell(stats: dict) -> str:
+        if stats["mean"] is None:
+            return "n/a"
+        se = "" if stats["se"] is None else f" ± {stats['se']:.3g}"
+        return f"{stats['mean']:+.3g}{se} ({stats['wins']}/{stats['n']})"
+
+    rows = [[BASELINE_LABELS[name], *(cell(metrics[m]) for m in PAIRED_METRICS)]
+            for name, metrics in differences.items()]
+    return markdown_table([f"{MODEL_NAME} minus", *(METRIC_LABELS[m] for m in PAIRED_METRICS)], rows)
+
+
+def render(summary: dict, args: argparse.Namespace, details: dict, rows: list[dict] | None = None) -> str:
+    """All tables with a header line per data set and group and the settings behind them.
+
+    With ``rows`` (those of :func:`aggregate`) and a KGDiff row, each group also gets the paired differences of
+    KGDiff against every baseline (:func:`paired_table`).
+    """
     budget = args.budget
     seeds = ",".join(str(seed) for seed in args.seeds)
+    draws = f" (each the mean of {args.eval_draws} evaluation draws)" if args.eval_draws > 1 else ""
     lines = [
         f"Budget per model: preset {budget.preset}, {budget.max_train_steps} steps x batch "
         f"{budget.train_batch_size}; sampler {budget.sampler.upper()} {budget.num_inference_steps} steps; at most "
-        f"{budget.max_days_per_node} real days per test node; seeds {seeds}; validation nodes: the "
+        f"{budget.max_days_per_node} real days per test node; seeds {seeds}{draws}; validation nodes: the "
         f"{args.validation_fraction:g} highest-latitude share of each split's training side (not trained on).",
         f"{MMD_BANDWIDTH_NOTE}. JSD: 50-bin value histograms, natural log. CRPS: data units. Spread ratio: std of "
         "generated / real days per step (1 is right). Out of range: generated values below 0 on non-negative data.",
@@ -659,6 +749,10 @@ def render(summary: dict, args: argparse.Namespace, details: dict) -> str:
             else:
                 title = f"paper split: {info['num_test_nodes']} test nodes; mean ± std over seeds"
             lines += [f"### {DATASETS[dataset].label}: {title}", "", quality_table(summary[dataset][group]), ""]
+            if rows is not None and MODEL_NAME in summary[dataset][group]:
+                lines += [f"{MODEL_NAME} minus each baseline, paired by split and seed: mean ± standard error "
+                          "(pairs where KGDiff is better / pairs); below 0: KGDiff better", "",
+                          paired_table(paired_differences(rows, dataset, group)), ""]
     return "\n".join(lines)
 
 
@@ -743,6 +837,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine,
         "budget": asdict(args.budget),
         "seeds": args.seeds,
+        "eval_draws": args.eval_draws,
         "jobs": args.jobs,
         "threads": args.threads,
         "validation_fraction": args.validation_fraction,
@@ -793,7 +888,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [{"dataset": r["unit"]["dataset"], "split": r["unit"]["split"], "method": r["unit"]["variant"],
              "seed": r["unit"]["seed"], "metrics": r["metrics"]} for r in records]
     for (key, split), data_dir in split_dirs.items():
-        rows += baseline_rows(key, split, data_dir, args.seeds, args.budget)
+        rows += baseline_rows(key, split, data_dir, args.seeds, args.budget, args.eval_draws)
 
     final_version = code_version()
     if final_version != args.code_version:
@@ -811,7 +906,7 @@ def main(argv: list[str] | None = None) -> None:
                 "validation_node_ids": {split: PreparedDataset.load(split_dirs[(key, split)]).validation_node_ids
                                         for split in chosen},
             }
-    tables = render(summary, args, details)
+    tables = render(summary, args, details, rows)
     print(tables)
     output = {
         "benchmark": "quality",
@@ -826,7 +921,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": {
             "total": round(time.perf_counter() - started, 1),
             "prepare": round(prepare_seconds, 1),
-            "train_sum": round(sum(r["train_seconds"] for r in records if not r["reused"]), 1),
+            "train_sum": round(sum(r["train_seconds"] for r in records if r.get("retrained")), 1),
             "evaluate_sum": round(sum(r["evaluate_seconds"] for r in records if not r["reused"]), 1),
             "reused_runs": sum(r["reused"] for r in records),
         },

@@ -1,5 +1,6 @@
 """bench/quality.py's protocol: spatial folds, validation nodes from the training side, fold aggregation."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,10 @@ def test_bad_bench_arguments_fail_with_a_message(quality, capsys):
     assert command[command.index("--max_train_steps") + 1] == "120"
 
 
-def test_a_sampling_row_scores_the_trained_rows_weights_with_its_overrides_and_is_reused(quality, base, tmp_path):
-    from kgdiff_diffusers.evaluation import evaluate_pipeline
+@pytest.fixture
+def untrained_run(quality, base, tmp_path):
+    """``(args, split, pipe)``: quick bench arguments, fold0 of the synthetic city saved to ``tmp_path / "split"``
+    and an untrained pipeline of it that starts from donor days."""
     from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline
 
     args = quality.parse_args(["--quick", "--runs_dir", str(tmp_path / "runs")])
@@ -101,6 +104,14 @@ def test_a_sampling_row_scores_the_trained_rows_weights_with_its_overrides_and_i
     pipe = build_pipeline(split, KGDiffModelConfig(condition_dim=16, block_out_channels=(16, 32), norm_num_groups=8,
                                                    num_train_timesteps=20))
     pipe.register_to_config(start_strength=0.0, level_exponent=1.0, random_donor_share=0.5)
+    return args, split, pipe
+
+
+def test_a_sampling_row_scores_the_trained_rows_weights_with_its_overrides_and_is_reused(quality, untrained_run,
+                                                                                          tmp_path):
+    from kgdiff_diffusers.evaluation import evaluate_pipeline
+
+    args, split, pipe = untrained_run
     trained_dir = quality._run_folder(args, quality.Unit("nyc", "fold0", "KGDiff", 0))
     pipe.save_pretrained(trained_dir)
     trained = {"command": ["train.py"], "finished": "then"}
@@ -120,3 +131,55 @@ def test_a_sampling_row_scores_the_trained_rows_weights_with_its_overrides_and_i
     assert quality.run_sampling_unit(unit, tmp_path / "split", args, trained)["reused"]
     assert not quality.run_sampling_unit(unit, tmp_path / "split", args, {**trained, "finished": "later"})["reused"]
     assert not (trained_dir / "train.log").exists()  # nothing was trained
+
+
+def test_more_evaluation_draws_average_the_scores_and_do_not_retrain(quality, untrained_run, tmp_path):
+    from kgdiff_diffusers.evaluation import evaluate_baselines, evaluate_pipeline
+
+    args, split, pipe = untrained_run
+    unit = quality.Unit("nyc", "fold0", "KGDiff", 0)
+    run_dir = quality._run_folder(args, unit)
+    pipe.save_pretrained(run_dir)
+    command = quality.train_command(tmp_path / "split", run_dir, unit.variant, unit.seed, args.budget)
+    one_draw = quality._evaluation_settings(args, 0)
+    assert "eval_seeds" not in one_draw  # records written before draws existed stay reusable
+    previous = {"unit": {}, "command": [Path(command[0]).name, *command[1:]], "evaluation": one_draw,
+                "metrics": {}, "train_seconds": 12.0, "finished": "then"}
+    (run_dir / quality.RESULT_FILE).write_text(json.dumps(previous))
+
+    args.eval_draws = 2
+    record = quality.run_unit(unit, tmp_path / "split", args)
+    assert not record["reused"] and not record["retrained"] and not (run_dir / "train.log").exists()
+    assert record["train_seconds"] == 12.0 and record["finished"] == "then"
+    assert record["evaluation"]["eval_seeds"] == [0, quality.EVAL_DRAW_STRIDE]
+    draws = [evaluate_pipeline(pipe, split, num_inference_steps=args.budget.num_inference_steps,
+                               sampler=args.budget.sampler, seed=seed, include_baselines=False,
+                               max_days_per_node=args.budget.max_days_per_node).metrics["methods"]["KGDiff"]
+             for seed in (0, quality.EVAL_DRAW_STRIDE)]
+    assert draws[0]["crps"] != pytest.approx(draws[1]["crps"], rel=1e-6)
+    for metric in ("mae", "mmd", "crps"):
+        assert record["metrics"][metric] == pytest.approx((draws[0][metric] + draws[1][metric]) / 2, rel=1e-6)
+    assert quality.run_unit(unit, tmp_path / "split", args)["reused"]
+
+    rows = quality.baseline_rows("nyc", "fold0", tmp_path / "split", [0], args.budget, eval_draws=2)
+    baselines = [evaluate_baselines(split, "test", seed=seed, max_days_per_node=args.budget.max_days_per_node)
+                 for seed in (0, quality.EVAL_DRAW_STRIDE)]
+    random_days = next(row for row in rows if row["method"] == "random_training_days")["metrics"]
+    expected = np.mean([b["methods"]["random_training_days"]["crps"] for b in baselines])
+    assert random_days["crps"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_paired_differences_against_the_baselines(quality):
+    def row(split, seed, method, mae, crps):
+        return {"dataset": "nyc", "split": split, "method": method, "seed": seed,
+                "metrics": {"mae": mae, "crps": crps}}
+
+    rows = [row("fold0", 0, "KGDiff", 2.0, 1.0), row("fold1", 0, "KGDiff", 4.0, None),
+            row("fold0", 0, "random_training_days", 3.0, 2.0), row("fold1", 0, "random_training_days", 3.5, 1.0),
+            row("paper", 0, "KGDiff", 9.0, 9.0), row("paper", 0, "random_training_days", 0.0, 0.0)]
+    differences = quality.paired_differences(rows, "nyc", "folds")
+    mae = differences["random_training_days"]["mae"]
+    assert mae["mean"] == pytest.approx(-0.25) and mae["se"] == pytest.approx(0.75) and mae["wins"] == 1
+    assert differences["random_training_days"]["crps"] == {"mean": -1.0, "se": None, "wins": 1, "n": 1}
+    table = quality.paired_table(differences).splitlines()
+    assert table[0].startswith("| KGDiff minus | MAE |") and "| -0.25 ± 0.75 (1/2) |" in table[2]
