@@ -1,11 +1,14 @@
 """On the synthetic city (known ground truth) a briefly trained KGDiff, sampling as train.py leaves it (donor-day
 start chosen on validation nodes), beats the repeated mean-day baselines in MMD-fixed and CRPS, copied days in
-MAE, random training days in CRPS, and its own from-noise sampling in MMD-fixed and CRPS on unseen nodes.
+MAE, and its own from-noise sampling in MMD-fixed and CRPS on unseen nodes. Every real day of the test nodes
+(10) is compared: with 4, as before 2026-12-03, one draw decided the comparison with random days.
 
-Where it falls short (asserted nowhere, measured 2026-12-02 with random donors chosen at a share of 0.5): the
-global mean profile keeps a lower MAE (192.3 vs 193.9; from noise 179.2) and random training days a lower
-MMD-fixed (4.18 vs 4.31; CRPS 161.0 vs 154.8 is a win): here a sensor's level is set by its road category, two
-KG hops away, which no donor search sees."""
+Where it falls short (asserted nowhere; measured 2026-12-03 over evaluation seeds 0, 1, 2 with all 10 days):
+random training days have a lower MMD-fixed (3.16-3.22 vs 3.38-3.46) and CRPS (119-131 vs 138-149), and the
+global mean profile's MAE (190.5) lies inside KGDiff's range (180-193). With 4 days, seed 0 showed a CRPS win
+(154.8 vs 161.0) that the other seeds and 10 days do not confirm. Here a sensor's level is set by its road
+category, two KG hops away, which no donor search sees, so copies of its candidates' days are no closer to it
+than random training days (validation chose a random-donor share of 0.5, the largest on the grid)."""
 
 import time
 
@@ -73,7 +76,7 @@ def test_trained_kgdiff_beats_mean_days_in_distribution_and_copied_days_in_mean_
         optimiser.step()
     blend = choose_prior_blend(pipe, dataset)
     start_choice = choose_donor_day_start(pipe, dataset, num_inference_steps=20, max_days_per_node=4)
-    result = evaluate_pipeline(pipe, dataset, num_inference_steps=20, sampler="ddim", max_days_per_node=4)
+    result = evaluate_pipeline(pipe, dataset, num_inference_steps=20, sampler="ddim", max_days_per_node=10)
     methods = result.metrics["methods"]
     print(
         f"trained in {time.time() - start:.0f} s; blend {blend}; MAE KGDiff {methods['KGDiff']['mae']:.1f}, "
@@ -88,11 +91,10 @@ def test_trained_kgdiff_beats_mean_days_in_distribution_and_copied_days_in_mean_
     for baseline in ("global_mean_profile", "knn1_profile", "knn3_profile"):
         assert ours["mmd_fixed_bandwidth"] < methods[baseline]["mmd_fixed_bandwidth"]
         assert ours["crps"] < methods[baseline]["crps"]
-    assert ours["crps"] < methods["random_training_days"]["crps"]
     for baseline in ("random_training_days", "knn1_days", "knn3_days", "knn5_days", "knn3_profile"):
         assert ours["mae"] < methods[baseline]["mae"]
     pipe.register_to_config(start_strength=1.0)  # the same model sampling from pure noise
-    from_noise = evaluate_pipeline(pipe, dataset, num_inference_steps=20, sampler="ddim", max_days_per_node=4)
+    from_noise = evaluate_pipeline(pipe, dataset, num_inference_steps=20, sampler="ddim", max_days_per_node=10)
     noise = from_noise.metrics["methods"]["KGDiff"]
     print(f"from noise: MAE {noise['mae']:.1f}, MMD-fixed {noise['mmd_fixed_bandwidth']:.3f}, CRPS {noise['crps']:.1f}")
     assert ours["mmd_fixed_bandwidth"] < noise["mmd_fixed_bandwidth"] and ours["crps"] < noise["crps"]
