@@ -189,6 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     val.add_argument("--validation_sampler", default="ddim", help="ddpm | ddim | dpm++ | unipc")
     val.add_argument("--validation_inference_steps", type=int, default=20)
     val.add_argument("--validation_max_days", type=int, default=8, help="real days per validation node")
+    val.add_argument("--validation_draws", type=int, default=3,
+                     help="evaluation draws averaged per setting when the donor-day start is chosen at the end")
     val.add_argument("--final_weights", choices=("last", "best"), default="last",
                      help="the saved pipeline: the last step's EMA weights, or those of the checkpoint at the best "
                      "validation step (needs --checkpointing_steps dividing --validation_steps)")
@@ -231,6 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "checkpointing_steps",
         "validation_steps",
         "validation_inference_steps",
+        "validation_draws",
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -397,8 +400,8 @@ RESUMABLE_FLAGS = {
     "config", "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "max_train_steps",
     "checkpointing_steps", "checkpoints_total_limit", "dataloader_num_workers", "validation_steps",
     "validation_metric", "validation_sampler", "validation_inference_steps", "validation_max_days",
-    "final_evaluation", "final_sampler", "final_inference_steps", "report_to", "push_to_hub", "hub_model_id",
-    "hub_private",
+    "validation_draws", "final_evaluation", "final_sampler", "final_inference_steps", "report_to", "push_to_hub",
+    "hub_model_id", "hub_private",
 }
 # Restored from the checkpoint (AdamW state, LR schedule, EMA): a new value would be ignored, so it is refused.
 OPTIMISER_FLAGS = {
@@ -634,7 +637,9 @@ def main(argv: list[str] | None = None) -> None:
         blend = choose_prior_blend(pipe, dataset)
         if blend is not None:
             logger.info(f"donor-prior blend chosen on the validation nodes: {blend} (1 = donors only, 0 = f(phi))")
-        start = choose_donor_day_start(pipe, dataset, args.validation_inference_steps, args.validation_sampler)
+        start = choose_donor_day_start(
+            pipe, dataset, args.validation_inference_steps, args.validation_sampler, num_draws=args.validation_draws
+        )
         if start is not None:
             logger.info(
                 f"sampling starts from donor days ({start['random_donor_share']:g} of them from any training node) "

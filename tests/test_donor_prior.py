@@ -22,6 +22,7 @@ from kgdiff_diffusers.training import (
     LEVEL_NOISES,
     RANDOM_DONOR_SHARES,
     START_STRENGTHS,
+    VALIDATION_DRAW_STRIDE,
     KGDiffModelConfig,
     build_pipeline,
     choose_donor_day_start,
@@ -461,3 +462,24 @@ def test_signed_data_level_noise_adds_a_donors_level_error():
     possible = 2.0 * (expected - expected.mean())
     assert np.abs(shift[:, :1] - possible[None]).min(axis=1).max() < 1e-4
     assert np.ptp(shift) > 1.0  # the days do get different levels
+
+
+def test_the_day_start_choice_averages_validation_draws(city):
+    _, validation = split_validation_nodes(city.node_table, city.train_node_ids, 0.25)
+    dataset = city.with_split(city.test_node_ids, validation)
+    pipe = build_pipeline(dataset, KGDiffModelConfig(**SMALL))
+    pipe.set_progress_bar_config(disable=True)
+
+    def scores(**kwargs) -> dict:
+        return choose_donor_day_start(pipe, dataset, num_inference_steps=4, max_days_per_node=4, **kwargs)[
+            "validation_crps"]
+
+    first, second = scores(seed=0, num_draws=1), scores(seed=VALIDATION_DRAW_STRIDE, num_draws=1)
+    both = scores(seed=0, num_draws=2)
+    copies = [k for k in both if k.endswith("strength=0") and "level noise" not in k]
+    assert len(copies) == len(LEVEL_EXPONENTS) * len(RANDOM_DONOR_SHARES)
+    assert any(first[k] != pytest.approx(second[k]) for k in copies)  # the draws differ
+    for key in copies:
+        assert both[key] == pytest.approx((first[key] + second[key]) / 2, rel=1e-9)
+    with pytest.raises(ValueError, match="num_draws"):
+        scores(num_draws=0)
