@@ -2,14 +2,15 @@
 
 ``scripts/train.py`` ends by choosing the level noise ``lam`` and the start strength on the validation nodes
 (:func:`~kgdiff_diffusers.training.choose_donor_day_start`: ``lam`` by validation CRPS at strength 0, then the
-strength by validation CRPS). This bench takes finished ``bench/quality.py`` runs (their weights, prior blend
-``b``, level exponent ``a`` and random-donor share as chosen), scores every ``(lam, strength)`` of
-:data:`~kgdiff_diffusers.training.LEVEL_NOISES` x :data:`~kgdiff_diffusers.training.START_STRENGTHS` on the
-validation AND the test nodes, and reports the test metrics that other selection rules would have given:
+strength by validation CRPS, each the mean of ``--validation_draws`` draws). This bench takes finished
+``bench/quality.py`` runs (their weights, prior blend ``b``, level exponent ``a`` and random-donor share as
+chosen), scores every ``(lam, strength)`` of :data:`~kgdiff_diffusers.training.LEVEL_NOISES` x
+:data:`~kgdiff_diffusers.training.START_STRENGTHS` on the validation nodes (the same draws as training) AND the
+test nodes, and reports the test metrics that other selection rules would have given:
 
-* ``staged CRPS`` (the default's rule; it reproduces the runs' own test scores), ``joint CRPS`` (both at once),
-  ``staged MMD-fixed``, ``staged CRPS + MMD-fixed`` (each relative to the copies without level noise),
-  ``staged MAE``;
+* ``staged CRPS`` (the default's rule; with the runs' own ``--validation_draws`` it reproduces their test
+  scores), ``joint CRPS`` (both at once), ``staged MMD-fixed``, ``staged CRPS + MMD-fixed`` (each relative to
+  the copies without level noise), ``staged MAE``;
 * fixed settings (every run at the same ``(lam, strength)``);
 * ``test oracle``: per run and per metric the best grid point on the TEST nodes, the ceiling of any rule over
   this grid (not a method: it peeks at the test nodes).
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.data.prepared import PreparedDataset
 from kgdiff_diffusers.evaluation import MODEL_NAME, evaluate_pipeline
-from kgdiff_diffusers.training import LEVEL_NOISES, START_STRENGTHS
+from kgdiff_diffusers.training import LEVEL_NOISES, START_STRENGTHS, VALIDATION_DRAW_STRIDE
 
 METRICS = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "crps")
 # bench/quality.py's data set keys: runs folder name -> split folder name
@@ -50,11 +51,12 @@ RULES = {
 
 
 def score_grid(model_dir: Path, data_dir: Path, seed: int, num_inference_steps: int, max_days_per_node: int,
-               threads: int) -> list[dict]:
+               threads: int, validation_draws: int = 3) -> list[dict]:
     """``[{"level_noise", "start_strength", "validation": metrics, "test": metrics}]`` over the grid.
 
-    The validation nodes are scored with seed 0, as ``choose_donor_day_start`` does; the test nodes with the
-    run's seed, as ``bench/quality.py`` does.
+    The validation nodes are scored as ``choose_donor_day_start`` scores them: the mean of
+    ``validation_draws`` draws with seeds 0, 1000, ...; the test nodes with the run's seed, as
+    ``bench/quality.py`` does with one evaluation draw.
     """
     torch.set_num_threads(threads)
     pipe = KGDiffPipeline.from_pretrained(model_dir)
@@ -66,13 +68,24 @@ def score_grid(model_dir: Path, data_dir: Path, seed: int, num_inference_steps: 
             for strength in START_STRENGTHS:
                 pipe.register_to_config(level_noise=noise, start_strength=strength)
                 point = {"level_noise": noise, "start_strength": strength}
-                for split, split_seed in (("validation", 0), ("test", seed)):
-                    result = evaluate_pipeline(pipe, dataset, num_inference_steps, "ddim", split_seed,
+                validation_seeds = [VALIDATION_DRAW_STRIDE * draw for draw in range(validation_draws)]
+                for split, split_seeds in (("validation", validation_seeds), ("test", [seed])):
+                    draws = [evaluate_pipeline(pipe, dataset, num_inference_steps, "ddim", split_seed,
                                                include_baselines=False, max_days_per_node=max_days_per_node,
-                                               split=split)
-                    point[split] = result.metrics["methods"][MODEL_NAME]
+                                               split=split).metrics["methods"][MODEL_NAME]
+                             for split_seed in split_seeds]
+                    point[split] = mean_over_draws(draws)
                 grid.append(point)
     return grid
+
+
+def mean_over_draws(draws: list[dict]) -> dict:
+    """``{metric: mean}`` of :data:`METRICS` over evaluation draws; ``None`` where every draw left it undefined."""
+    means = {}
+    for metric in METRICS:
+        values = [draw[metric] for draw in draws if draw.get(metric) is not None]
+        means[metric] = float(np.mean(values)) if values else None
+    return means
 
 
 def _criterion(point: dict, reference: dict, criterion: str) -> float:
@@ -137,8 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_days_per_node", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--validation_draws", type=int, default=3,
+                        help="validation draws averaged per grid point (scripts/train.py's --validation_draws; "
+                             "runs trained before it existed chose with 1)")
     parser.add_argument("--output", type=Path, default=Path("bench/results/selection.json"))
     args = parser.parse_args(argv)
+    if args.validation_draws < 1:
+        raise SystemExit(f"--validation_draws must be >= 1, got {args.validation_draws}")
     unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
     if unknown:
         raise SystemExit(f"unknown --datasets {unknown}; known: {sorted(DATASETS)}")
@@ -154,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(score_grid, args.runs_dir / key / split / f"kgdiff_seed{seed}",
                                args.splits_dir / DATASETS[key] / split, seed, args.num_inference_steps,
-                               args.max_days_per_node, args.threads) for key, split, seed in units]
+                               args.max_days_per_node, args.threads, args.validation_draws)
+                   for key, split, seed in units]
         grids = [future.result() for future in tqdm(futures, desc="runs scored")]
     output, tables = {"machine": machine_info(), "units": units, "grids": grids, "rows": {}}, []
     for key in args.datasets.split(","):

@@ -2,6 +2,12 @@
 
 import pytest
 
+from kgdiff_diffusers.data.days import split_validation_nodes
+from kgdiff_diffusers.data.prepared import prepare_dataset
+from kgdiff_diffusers.data.synthetic import make_synthetic_city
+from kgdiff_diffusers.kg.tucker import pretrain_tucker
+from kgdiff_diffusers.training import KGDiffModelConfig, build_pipeline, choose_donor_day_start
+
 from .conftest import load_bench_module
 
 
@@ -54,3 +60,34 @@ def test_an_undefined_validation_score_is_an_error_not_a_silent_choice(selection
     grid[2]["validation"]["crps"] = None
     with pytest.raises(ValueError, match="validation crps is undefined at 0.5/0"):
         selection.choose(grid, "crps", staged=True)
+
+
+def test_validation_draws_are_averaged_and_undefined_metrics_stay_undefined(selection):
+    draws = [{"mae": 1.0, "rmse": 2.0, "mmd": None, "mmd_fixed_bandwidth": 1.0, "crps": 3.0},
+             {"mae": 3.0, "rmse": 4.0, "mmd": None, "mmd_fixed_bandwidth": None, "crps": 5.0}]
+    assert selection.mean_over_draws(draws) == {"mae": 2.0, "rmse": 3.0, "mmd": None, "mmd_fixed_bandwidth": 1.0,
+                                                "crps": 4.0}
+
+
+def test_the_default_rule_on_a_saved_run_repeats_the_choice_training_made(selection, tmp_path):
+    data, kg = make_synthetic_city(num_nodes=20, num_days=10, seed=1)
+    tucker = pretrain_tucker(kg, embedding_dim=16, epochs=1, show_progress=False)
+    city = prepare_dataset(data, kg, "selection_city", entity_embeddings=tucker.entity_embeddings,
+                           relation_embeddings=tucker.relation_embeddings)
+    _, validation = split_validation_nodes(city.node_table, city.train_node_ids, 0.25)
+    dataset = city.with_split(city.test_node_ids, validation)
+    pipe = build_pipeline(dataset, KGDiffModelConfig(condition_dim=16, block_out_channels=(16, 32),
+                                                     norm_num_groups=8, num_train_timesteps=20))
+    pipe.set_progress_bar_config(disable=True)
+    choice = choose_donor_day_start(pipe, dataset, num_inference_steps=4, max_days_per_node=4, num_draws=2)
+    pipe.save_pretrained(tmp_path / "model")
+    dataset.save(tmp_path / "data")
+
+    grid = selection.score_grid(tmp_path / "model", tmp_path / "data", seed=0, num_inference_steps=4,
+                                max_days_per_node=4, threads=1, validation_draws=2)
+    chosen = selection.choose(grid, "crps", staged=True)
+    assert (chosen["level_noise"], chosen["start_strength"]) == (choice["level_noise"], choice["start_strength"])
+    noise = f", level noise={chosen['level_noise']:g}" if chosen["level_noise"] else ""
+    name = (f"a={choice['level_exponent']:g}, random donors={choice['random_donor_share']:g}{noise}, "
+            f"strength={chosen['start_strength']:g}")
+    assert chosen["validation"]["crps"] == pytest.approx(choice["validation_crps"][name], rel=1e-6)
