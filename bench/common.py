@@ -132,3 +132,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     ]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def mean_over_draws(draws: Sequence[dict], metrics: Sequence[str]) -> dict:
+    """``{metric: mean}`` over evaluation draws; a metric undefined (``None``) in every draw stays ``None``."""
+    means = {}
+    for metric in metrics:
+        values = [draw[metric] for draw in draws if draw.get(metric) is not None]
+        means[metric] = statistics.fmean(values) if values else None
+    return means

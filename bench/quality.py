@@ -64,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine_info, markdown_table
+from common import machine_info, markdown_table, mean_over_draws
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
@@ -428,15 +428,6 @@ def evaluation_seeds(seed: int, draws: int) -> list[int]:
     return [seed + EVAL_DRAW_STRIDE * draw for draw in range(draws)]
 
 
-def mean_metrics(draws: list[dict]) -> dict:
-    """``{metric: mean}`` over evaluation draws; a metric undefined (``None``) in every draw stays ``None``."""
-    means = {}
-    for metric in METRIC_NAMES:
-        values = [draw[metric] for draw in draws if draw.get(metric) is not None]
-        means[metric] = float(np.mean(values)) if values else None
-    return means
-
-
 def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int,
                  config_overrides: dict | None = None) -> dict:
     """Scores a trained pipeline on its split's test nodes (``evaluate_pipeline``, no baselines).
@@ -471,7 +462,7 @@ def evaluate_run(model_dir: Path, data_dir: Path, evaluation: dict, threads: int
                 max_days_per_node=evaluation["max_days_per_node"],
             ).metrics)
     by_draw = [result["methods"][MODEL_NAME] for result in results]
-    metrics = by_draw[0] if len(by_draw) == 1 else mean_metrics(by_draw)
+    metrics = by_draw[0] if len(by_draw) == 1 else mean_over_draws(by_draw, METRIC_NAMES)
     return {"metrics": metrics, "metrics_by_draw": by_draw,
             **{key: results[0][key] for key in ("num_test_nodes", "num_real_days", "test_node_ids")}}
 
@@ -616,7 +607,8 @@ def baseline_rows(key: str, split: str, data_dir: Path, seeds: list[int], budget
             for draw_seed in evaluation_seeds(seed, eval_draws)
         ]
         rows += [{"dataset": key, "split": split, "method": method, "seed": seed,
-                  "metrics": draws[0][method] if eval_draws == 1 else mean_metrics([d[method] for d in draws])}
+                  "metrics": draws[0][method] if eval_draws == 1
+                  else mean_over_draws([d[method] for d in draws], METRIC_NAMES)}
                  for method in draws[0]]
     return rows
 

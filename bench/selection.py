@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine_info, markdown_table
+from common import machine_info, markdown_table, mean_over_draws
 from tqdm.auto import tqdm
 
 from kgdiff_diffusers import KGDiffPipeline
@@ -74,18 +74,9 @@ def score_grid(model_dir: Path, data_dir: Path, seed: int, num_inference_steps: 
                                                include_baselines=False, max_days_per_node=max_days_per_node,
                                                split=split).metrics["methods"][MODEL_NAME]
                              for split_seed in split_seeds]
-                    point[split] = mean_over_draws(draws)
+                    point[split] = mean_over_draws(draws, METRICS)
                 grid.append(point)
     return grid
-
-
-def mean_over_draws(draws: list[dict]) -> dict:
-    """``{metric: mean}`` of :data:`METRICS` over evaluation draws; ``None`` where every draw left it undefined."""
-    means = {}
-    for metric in METRICS:
-        values = [draw[metric] for draw in draws if draw.get(metric) is not None]
-        means[metric] = float(np.mean(values)) if values else None
-    return means
 
 
 def _criterion(point: dict, reference: dict, criterion: str) -> float:
