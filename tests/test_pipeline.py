@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,6 +45,23 @@ def test_save_and_reload_generate_bit_identical_series(tiny_pipeline, tmp_path):
     assert reloaded.config.node_ids == tiny_pipeline.config.node_ids
     after = generate(reloaded, node_ids=["node0", "node5"], num_samples=4).series
     assert np.array_equal(before, after)
+
+
+@pytest.mark.parametrize("output_min", [[0.0], [None]])
+def test_a_clipped_pipeline_reloads_without_a_config_type_warning(tiny_pipeline, tmp_path, output_min):
+    tiny_pipeline.register_to_config(output_min=output_min)
+    tiny_pipeline.save_pretrained(tmp_path)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    library_logger = logging.getLogger("diffusers")  # does not propagate to the root logger
+    library_logger.addHandler(handler)
+    try:
+        reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
+    finally:
+        library_logger.removeHandler(handler)
+    assert reloaded.config.output_min == output_min
+    assert not [r.getMessage() for r in records if "Expected types" in r.getMessage()]
 
 
 def test_batching_over_nodes_does_not_change_results(tiny_pipeline):

@@ -6,6 +6,7 @@ import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -132,7 +133,9 @@ class KGDiffPipeline(DiffusionPipeline):
         relation_names: list[str] | None = None,
         data_fingerprint: dict | None = None,
         config_sha256: dict | None = None,
-        output_min: list[float | None] | None = None,
+        # Optional, not `float | None`: diffusers' load-time type check does not unpack a PEP 604 union inside
+        # list[...] and would warn on every load.
+        output_min: list[Optional[float]] | None = None,  # noqa: UP045
         prior_blend: list[float] | None = None,
         day_types: list[str] | None = None,
         start_strength: float | None = None,
