@@ -74,7 +74,7 @@ def score_grid(model_dir: Path, data_dir: Path, seed: int, num_inference_steps: 
                                                include_baselines=False, max_days_per_node=max_days_per_node,
                                                split=split).metrics["methods"][MODEL_NAME]
                              for split_seed in split_seeds]
-                    point[split] = mean_over_draws(draws, METRICS)
+                    point[split] = mean_over_draws(draws, list(draws[0]))
                 grid.append(point)
     return grid
 
