@@ -119,7 +119,7 @@ def summarise(grids: list[list[dict]]) -> dict[str, dict]:
         chosen = [choose(grid, criterion, staged) for grid in grids]
         rows[name] = {"test": {m: _mean([p["test"][m] for p in chosen]) for m in METRICS},
                       "choices": [f"{p['level_noise']:g}/{p['start_strength']:g}" for p in chosen]}
-    for noise in LEVEL_NOISES:
+    for noise in sorted({p["level_noise"] for grid in grids for p in grid}):
         fixed = [next(p for p in grid if p["level_noise"] == noise and p["start_strength"] == 0) for grid in grids]
         rows[f"fixed: level noise {noise:g}, strength 0"] = {
             "test": {m: _mean([p["test"][m] for p in fixed]) for m in METRICS}, "choices": None}

@@ -451,7 +451,8 @@ def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[fl
 
 LEVEL_EXPONENTS = (0.0, 0.5, 1.0)
 RANDOM_DONOR_SHARES = (0.0, 0.25, 0.5)
-LEVEL_NOISES = (0.0, 0.5, 1.0)
+# 1.5 and 2 since 2026-12-04: a NYC-Bike fold chose the old top value, 1, on its validation nodes.
+LEVEL_NOISES = (0.0, 0.5, 1.0, 1.5, 2.0)
 START_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Seeds of the validation draws of choose_donor_day_start are this far apart.
 VALIDATION_DRAW_STRIDE = 1000
