@@ -138,6 +138,9 @@ VARIANTS = {
     "paper configuration": ("--no_donor_prior",),
     # Sampling from pure noise instead of from noised donor days (the default's choice on validation nodes).
     "KGDiff (from noise)": ("--num_bank_days", "0"),
+    # The denoiser trained around the donor prior's estimate from other nodes (what sampling gives a node)
+    # instead of around the node's own mean day and spread.
+    "KGDiff (prior-centred residual)": ("--residual_centre", "prior"),
     # The donor prior with weights learnt leave-one-out instead of uniform ones.
     "KGDiff (learned donor weights)": ("--donor_weighting", "learned"),
     # The paper's Table 3 ablations (run when named in --variants).

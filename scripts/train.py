@@ -78,6 +78,7 @@ from kgdiff_diffusers.kg.tucker import (
 from kgdiff_diffusers.models.condition_encoder import GEOMETRY_FORMS, NEIGHBOR_WEIGHTINGS
 from kgdiff_diffusers.models.donor_prior import DONOR_WEIGHTINGS
 from kgdiff_diffusers.training import (
+    RESIDUAL_CENTRES,
     KGDiffModelConfig,
     build_pipeline,
     choose_donor_day_start,
@@ -149,6 +150,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--num_bank_days", type=int,
         help="donor prior: real days stored per donor, from which sampling starts (default 32; 0: from noise)",
+    )
+    model.add_argument(
+        "--residual_centre", choices=RESIDUAL_CENTRES,
+        help="donor prior: the denoiser's residual is taken around the node's 'own' mean day and spread (default) "
+        "or around the donor 'prior' estimate from other nodes, which is what sampling uses",
     )
     ablation = parser.add_argument_group("ablations (paper Table 3)")
     for name, text in (
@@ -436,6 +442,8 @@ def check_resumed_settings(args: argparse.Namespace, checkpoint: Path) -> None:
 def check_resumed_data(run_config: dict, checkpoint: Path) -> None:
     """Refuses to resume on data or a model that differ from the checkpoint's (node split, model config)."""
     stored = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
+    if isinstance(stored.get("model"), dict):  # runs saved before --residual_centre trained around their own mean
+        stored["model"].setdefault("residual_centre", "own")
     run_config = json.loads(json.dumps(run_config))  # tuples as the stored lists
     keys = ("model", "dataset_name", "train_node_ids", "validation_node_ids", "test_node_ids", "day_types",
             "num_processes")
@@ -585,6 +593,7 @@ def main(argv: list[str] | None = None) -> None:
                         generator=noise_generator,
                         donor_prior=trained.get("donor_prior"),
                         day_types=batch_day_types,
+                        residual_centre=config.residual_centre,
                     )
                     check_finite_loss(accelerator, out.loss, batch_days, batch_rows, dataset, global_step + 1)
                     accelerator.backward(out.loss)

@@ -28,6 +28,10 @@ class KGDiffLoss:
     meta_pattern_loss: torch.Tensor
 
 
+# The mean day and scale the residual model is trained around: the node's own, or the donor prior's estimate.
+RESIDUAL_CENTRES = ("own", "prior")
+
+
 def kgdiff_loss(
     unet: KGDiffUNet2DModel,
     condition_encoder: KGConditionEncoder,
@@ -40,6 +44,7 @@ def kgdiff_loss(
     generator: torch.Generator | None = None,
     donor_prior: KGDiffDonorPrior | None = None,
     day_types: torch.Tensor | None = None,
+    residual_centre: str = "own",
 ) -> KGDiffLoss:
     r"""One Monte-Carlo estimate of the KGDiff objective for a batch of (node, day) samples.
 
@@ -53,11 +58,14 @@ def kgdiff_loss(
       ``meta_pattern`` is ``None`` (the "w/o meta pattern" ablation: ``f = 0``).
 
     With a ``donor_prior`` (the default model) the diffusion runs on the node's scaled residual day
-    ``Y_0 = (X_0 - m) / s``, with ``m``, ``s`` the node's own mean day and spread, as plain DDPM (no drift):
-    the denoiser learns day-to-day variation, conditioned on ``phi`` and on ``m`` (its ``meta_pattern``
-    input). The meta-pattern term trains the KG regression ``f(phi)`` onto the node's days as above (it is
-    blended with the donor prior at sampling, see :func:`choose_prior_blend`), plus, with learned donor
-    weights, ``|| f_prior - x ||^2`` for the leave-one-out donor estimate.
+    ``Y_0 = (X_0 - m) / s`` as plain DDPM (no drift), conditioned on ``phi`` and on ``m`` (its ``meta_pattern``
+    input). With ``residual_centre="own"``, ``m``, ``s`` are the node's own mean day and spread: the denoiser
+    learns day-to-day variation around a known mean. With ``"prior"`` they are the donor prior's estimate for the
+    node from other nodes (a node is never its own donor), the ``m``, ``s`` that sampling gives it: the denoiser
+    also learns how far a node's days lie from that estimate (its level and shape errors). The meta-pattern
+    term trains the KG regression ``f(phi)`` onto the node's days as above (it is blended with the donor prior
+    at sampling, see :func:`choose_prior_blend`), plus, with learned donor weights, ``|| f_prior - x ||^2`` for
+    the leave-one-out donor estimate.
 
     Args:
         days: ``(B, D, T)`` normalised days.
@@ -68,7 +76,10 @@ def kgdiff_loss(
         day_types: ``(B,)`` each day's day type (its position in the pipeline's ``day_types``, see
             :func:`training_day_types`); needed when the model is conditioned on several. ``phi``, the donors'
             estimate and the node's own mean day and spread are then those of the day's type.
+        residual_centre: ``"own"`` or ``"prior"``, the ``m``, ``s`` of the residual model (see above).
     """
+    if residual_centre not in RESIDUAL_CENTRES:
+        raise ValueError(f"residual_centre must be one of {RESIDUAL_CENTRES}, got {residual_centre!r}")
     batch = days.shape[0]
     phi = condition_encoder(node_rows, day_types)
     x0 = delay_embedding.to_image(days)
@@ -81,9 +92,12 @@ def kgdiff_loss(
             meta_loss = meta_loss + F.mse_loss(meta_pattern(phi), days)
         if donor_prior.config.weighting == "learned":
             meta_loss = meta_loss + F.mse_loss(donor_prior(node_rows, day_types=day_types)[0], days)
-        own_series, own_scale = donor_prior.own_statistics(node_rows, day_types)
-        meta_image = delay_embedding.to_image(own_series)
-        x0 = (x0 - meta_image) / own_scale[..., None, None]
+        if residual_centre == "own":
+            centre, scale = donor_prior.own_statistics(node_rows, day_types)
+        else:  # the estimate from other nodes that sampling uses; learned weights are trained by the term above
+            centre, scale = (t.detach() for t in donor_prior(node_rows, day_types=day_types))
+        meta_image = delay_embedding.to_image(centre)
+        x0 = (x0 - meta_image) / scale[..., None, None]
         noisy = scheduler.add_noise(x0, noise, timesteps)
     elif meta_pattern is not None:
         meta_series = meta_pattern(phi)
@@ -149,6 +163,7 @@ class KGDiffModelConfig:
     num_donors: int = 8
     donor_weighting: str = "uniform"
     num_bank_days: int = 32
+    residual_centre: str = "own"
 
 
 def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPipeline:
