@@ -129,6 +129,16 @@ DATASETS = {
             "--start", "2017-01-01", "--end", "2017-05-31", "--test_fraction", "0.25",
         ),
     ),
+    "metr": DatasetSpec(
+        "METR-LA week (5 min, speed mph)",
+        "metr_la_week",
+        (
+            "--layout", "wide-csv",
+            "--csv", "{data}/metr_la_week/los_speed.csv.gz",
+            "--locations", "{data}/metr_la_week/graph_sensor_locations.csv",
+            "--first_timestamp", "2012-03-01", "--interval_minutes", "5", "--test_fraction", "0.25",
+        ),
+    ),
 }
 
 # Model rows: row name -> extra scripts/train.py flags (add a row here to benchmark it).

@@ -175,6 +175,43 @@ def test_residual_loss_targets_the_scaled_deviation_from_the_nodes_own_mean_day(
     np.testing.assert_allclose(with_mlp.meta_pattern_loss.item(), expected.item(), rtol=1e-5)
 
 
+def test_prior_centred_residual_targets_the_deviation_from_the_estimate_of_other_nodes(city):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, prediction_type="sample", residual_centre="prior"))
+    rows = torch.as_tensor(city.train_rows[:4])
+    days = torch.from_numpy((city.days[rows.numpy(), 0] - city.feature_mean) / city.feature_std).transpose(1, 2)
+    captured = []
+
+    def record(sample, timestep, condition, meta_pattern=None):
+        captured.append(meta_pattern)
+        return pipe.unet.__class__.forward(pipe.unet, sample, timestep, condition, meta_pattern)
+
+    pipe.unet.forward = record
+
+    def loss(centre: str) -> float:
+        return kgdiff_loss(pipe.unet, pipe.condition_encoder, None, pipe.scheduler, pipe.delay_embedding, days, rows,
+                           donor_prior=pipe.donor_prior, generator=torch.Generator().manual_seed(0),
+                           residual_centre=centre).noise_loss.item()
+
+    own_loss = loss("own")
+    prior_loss = loss("prior")
+    with torch.no_grad():
+        estimate = pipe.donor_prior(rows)[0]
+    np.testing.assert_allclose(captured[-1].numpy(), pipe.delay_embedding.to_image(estimate).numpy(), rtol=1e-6)
+    assert not torch.allclose(captured[0], captured[-1]) and own_loss != prior_loss
+    # No self-leakage: a node's centre does not move when its own days (its donor summary) change.
+    before = captured[-1].clone()
+    with torch.no_grad():
+        own_row = pipe.donor_prior.node_bank_row[rows[0]]
+        pipe.donor_prior.bank_profile[own_row] *= 3.0
+        pipe.donor_prior.bank_level[own_row] *= 3.0
+    loss("prior")
+    np.testing.assert_array_equal(captured[-1][0].numpy(), before[0].numpy())
+    loss("own")
+    assert not torch.allclose(captured[-1][0], captured[0][0])  # the own centre does move
+    with pytest.raises(ValueError, match="residual_centre must be one of"):
+        loss("mean")
+
+
 def test_the_blend_is_chosen_on_validation_nodes_and_used_for_f(city):
     _, validation = split_validation_nodes(city.node_table, city.train_node_ids, 0.25)
     dataset = city.with_split(city.test_node_ids, validation)
