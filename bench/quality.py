@@ -5,7 +5,9 @@ Protocol (issue 10, DESIGN.md "Quality on unseen nodes"):
 * Two real data sets, prepared once by ``scripts/prepare_data.py`` (weekdays only, urban KG + TuckER):
   ``nyc`` (Citi Bike in/out flow of 57 Manhattan taxi zones, ``../shared/data/nyc_bike_manhattan69``, 2019
   weekdays, zones with a mean flow below 1 trip per 30-min slot dropped) and ``pems`` (PeMS-Bay speed of 16
-  sensors, ``../shared/data/pems_bay_16``, Jan-May 2017 weekdays).
+  sensors, ``../shared/data/pems_bay_16``, Jan-May 2017 weekdays). A third, ``metr`` (METR-LA speed of 207
+  sensors over one week, ``../shared/data/metr_la_week``: 5 weekdays per sensor, a KG from distance bands
+  only), runs when named in ``--datasets``.
 * Spatial folds: the nodes are cut into ``--num_folds`` (4) latitude bands of (near) equal size
   (:func:`kgdiff_diffusers.data.days.latitude_folds`); split ``foldK`` holds band K (0 = northernmost) out as
   its test set, so over the folds every node is a test node exactly once (NYC: all 57 zones, PeMS-16: all 16
@@ -238,7 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="2 folds and a tiny training budget (minutes)")
     parser.add_argument("--curve", action="store_true",
                         help="validation-node quality vs training steps of the first variant, per data set")
-    parser.add_argument("--datasets", help="comma-separated subset of: " + ",".join(DATASETS) + " (default: both)")
+    parser.add_argument("--datasets", help="comma-separated subset of: " + ",".join(DATASETS) + " (default: nyc,pems)")
     parser.add_argument("--splits", help="comma-separated fold0..foldN-1 and/or paper (default: all; quick: "
                         "fold0,fold1)")
     parser.add_argument("--num_folds", type=int, default=4, help="latitude bands")

@@ -40,7 +40,7 @@ from kgdiff_diffusers.training import LEVEL_NOISES, START_STRENGTHS, VALIDATION_
 
 METRICS = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "crps")
 # bench/quality.py's data set keys: runs folder name -> split folder name
-DATASETS = {"nyc": "nyc_bike", "pems": "pems_bay_16"}
+DATASETS = {"nyc": "nyc_bike", "pems": "pems_bay_16", "metr": "metr_la_week"}
 RULES = {
     "staged CRPS (default)": ("crps", True),
     "joint CRPS": ("crps", False),

@@ -1,6 +1,7 @@
 """bench/quality.py's protocol: spatial folds, validation nodes from the training side, fold aggregation."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,16 @@ def test_paired_differences_against_the_baselines(quality):
     assert differences["random_training_days"]["crps"] == {"mean": -1.0, "se": None, "wins": 1, "n": 1}
     table = quality.paired_table(differences).splitlines()
     assert table[0].startswith("| KGDiff minus | MAE |") and "| -0.25 ± 0.75 (1/2) |" in table[2]
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the real data sets live in ../shared/data")
+@pytest.mark.parametrize("key", ["nyc", "pems", "metr"])
+def test_every_bench_data_set_passes_the_prepare_check(quality, key, tmp_path):
+    command = quality.prepare_command(key, tmp_path / "prepared", SHARED_DATA, 1.0) + ["--check"]
+    result = subprocess.run(command, cwd=quality.REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "check passed" in result.stdout + result.stderr
+    assert not (tmp_path / "prepared").exists()  # --check writes nothing
