@@ -248,6 +248,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      f"divide --validation_steps ({args.checkpointing_steps} does not divide {args.validation_steps})")
     if args.num_bank_days is not None and args.num_bank_days < 0:
         parser.error(f"--num_bank_days must be >= 0, got {args.num_bank_days}")
+    if args.residual_centre is not None and (args.no_donor_prior or args.no_meta_pattern):
+        parser.error("--residual_centre sets the donor prior's residual: it does nothing with --no_donor_prior or "
+                     "--no_meta_pattern (which train without the donor prior)")
     if not 0.0 <= args.validation_fraction < 1.0:
         parser.error(f"--validation_fraction must be in [0, 1), got {args.validation_fraction}")
     if not args.learning_rate > 0:

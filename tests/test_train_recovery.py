@@ -135,6 +135,13 @@ def test_non_finite_flags_are_refused(train_script, flag, capsys):
     assert f"{flag} must be a finite number, got inf" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("ablation", ["--no_donor_prior", "--no_meta_pattern"])
+def test_a_residual_centre_without_the_donor_prior_is_refused(train_script, ablation, capsys):
+    with pytest.raises(SystemExit):
+        train_script.parse_args([*TINY, "--output_dir", "x", ablation, "--residual_centre", "prior"])
+    assert "--residual_centre sets the donor prior's residual: it does nothing with" in capsys.readouterr().err
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     first, second = load_file(a), load_file(b)
     assert first.keys() == second.keys()
