@@ -134,7 +134,8 @@ class KGDiffModelConfig:
     validation nodes (:func:`choose_prior_blend`); a per-node scale comes from the donors, and the denoiser
     models the scaled residual. ``use_donor_prior=False`` is the paper's configuration. ``num_bank_days``
     real days per donor are stored for sampling to start from (:func:`choose_donor_day_start`; 0: sampling
-    starts from noise).
+    starts from noise). ``residual_centre`` (``"own"``, the default, or ``"prior"``) is what the denoiser's
+    residual is taken around in training (:func:`kgdiff_loss`); sampling is the same for both.
 
     Day types are not a setting: a model is conditioned on weekday / weekend when its training days hold
     both (data prepared with ``--include_weekends``), see :func:`trained_day_types`.
