@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import machine_info, markdown_table, mean_over_draws
+from quality import DATASETS as QUALITY_DATASETS
 from tqdm.auto import tqdm
 
 from kgdiff_diffusers import KGDiffPipeline
@@ -40,7 +41,7 @@ from kgdiff_diffusers.training import LEVEL_NOISES, START_STRENGTHS, VALIDATION_
 
 METRICS = ("mae", "rmse", "mmd", "mmd_fixed_bandwidth", "crps")
 # bench/quality.py's data set keys: runs folder name -> split folder name
-DATASETS = {"nyc": "nyc_bike", "pems": "pems_bay_16", "metr": "metr_la_week"}
+DATASETS = {key: spec.folder for key, spec in QUALITY_DATASETS.items()}
 RULES = {
     "staged CRPS (default)": ("crps", True),
     "joint CRPS": ("crps", False),

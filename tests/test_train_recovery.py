@@ -259,12 +259,10 @@ def test_resume_with_another_thread_count_says_it_is_exact_to_rounding_only(refe
 def test_a_run_saved_before_residual_centre_resumes_around_its_own_mean_and_refuses_another(reference, tmp_path):
     run = copy_run(reference, tmp_path / "run", checkpoints=("checkpoint-3",))
     (run / "model_index.json").unlink()
-    for config_file in (run / "training_config.json", run / "checkpoints" / "checkpoint-3" / "training_config.json"):
-        if config_file.is_file():
-            stored = json.loads(config_file.read_text())
-            del stored["model"]["residual_centre"]
-            stored.pop("residual_centre", None)
-            config_file.write_text(json.dumps(stored))
+    config_file = run / "checkpoints" / "checkpoint-3" / "training_config.json"  # what resuming compares with
+    stored = json.loads(config_file.read_text())
+    del stored["model"]["residual_centre"], stored["residual_centre"]
+    config_file.write_text(json.dumps(stored))
     refused = train(*TINY, "--output_dir", str(run), "--resume_from_checkpoint", "latest", "--residual_centre",
                     "prior", check=False)
     assert refused.returncode == 1 and "model differ from the run it continues" in last_line(refused)
