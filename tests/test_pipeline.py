@@ -236,3 +236,70 @@ def test_a_sampler_changed_in_python_and_saved_again_loads(tiny_pipeline, tmp_pa
     tiny_pipeline.scheduler = make_sampler("ddim", tiny_pipeline.scheduler.config)
     tiny_pipeline.save_pretrained(tmp_path)
     assert type(KGDiffPipeline.from_pretrained(tmp_path).scheduler).__name__ == "DDIMScheduler"
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++", "unipc"])
+def test_every_sampler_runs_the_full_chain(tiny_pipeline, sampler):
+    """DPM-Solver++ failed with an IndexError and UniPC with an AssertionError at num_train_timesteps steps."""
+    tiny_pipeline.scheduler = make_sampler(sampler, tiny_pipeline.scheduler.config)
+    assert np.isfinite(generate(tiny_pipeline, node_ids=["node0"], num_inference_steps=50).series).all()
+
+
+def test_a_ddim_chain_that_would_start_far_below_the_noise_level_is_refused(tiny_pipeline):
+    tiny_pipeline.scheduler = make_sampler("ddim", tiny_pipeline.scheduler.config)
+    with pytest.raises(ValueError, match=r"starts 40 steps at t = 39 of 50, but sampling starts from pure noise.*"
+                       r"divides 50 \(e.g. \[5, 10, 25\]\)"):
+        generate(tiny_pipeline, node_ids=["node0"], num_inference_steps=40)
+    assert np.isfinite(generate(tiny_pipeline, node_ids=["node0"], num_inference_steps=25).series).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"node_ids": ["node1", "node1"]}, r"node_ids \['node1'\] are given more than once"),
+        ({"new_nodes": {"p": [("R1", "E3", "x")]}}, r"new node 'p': give a list of \(relation, entity\) pairs"),
+        ({"new_nodes": {"p": ("R1", "E3")}}, r"new node 'p': give a list of \(relation, entity\) pairs, not 'R1'"),
+        ({"new_node_locations": {"typo": (1.0, 1.0)}}, r"new_node_locations names \['typo'\], which are not in"),
+        ({"new_nodes": {"p": [("R1", "E3")]}, "new_node_locations": {"p": (float("nan"), -121.0)}}, "two finite"),
+        ({"new_nodes": {"p": [("R1", "E3")]}, "new_node_locations": {"p": (37.4, float("inf"))}}, "two finite"),
+        ({"new_nodes": {"p": [("R1", "E3")]}, "new_node_locations": {"p": (37.4, -121.0, 5.0)}}, "two finite"),
+        ({"new_nodes": {"p": [("R1", "E3")]}, "new_node_locations": {"p": "37.4,-121.0"}}, "two finite"),
+        ({"new_nodes": {"p": [("R1", "E3")]}, "new_node_locations": {"p": (95.0, 10.0)}}, "two finite"),
+    ],
+)
+def test_ambiguous_or_malformed_places_raise_clear_errors(tiny_pipeline, kwargs, message):
+    kwargs = {"node_ids": ["node0"], **kwargs} if "new_nodes" not in kwargs else kwargs
+    with pytest.raises(ValueError, match=message):
+        generate(tiny_pipeline, num_inference_steps=2, **kwargs)
+
+
+def test_new_node_ids_come_back_as_strings(tiny_pipeline):
+    assert generate(tiny_pipeline, new_nodes={5: [("R1", "E3")]}, num_inference_steps=2).node_ids == ["5"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"feature_std": [float("nan")]}, {"feature_mean": [float("inf")]}, {"output_min": [float("nan")]}],
+)
+def test_non_finite_statistics_are_refused(tiny_pipeline, changes):
+    config = {k: v for k, v in tiny_pipeline.config.items() if not k.startswith("_") and k not in tiny_pipeline.components}
+    with pytest.raises(ValueError, match="finite"):
+        KGDiffPipeline(**tiny_pipeline.components, **{**config, **changes})
+
+
+def test_a_component_passed_to_from_pretrained_replaces_the_saved_one(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    ddim = make_sampler("ddim", tiny_pipeline.scheduler.config)
+    assert KGDiffPipeline.from_pretrained(tmp_path, scheduler=ddim).scheduler is ddim
+    edit_json(tmp_path / "unet/config.json", norm_num_groups=lambda _: 4)  # an edit elsewhere is still caught
+    with pytest.raises(ValueError, match="unet/config.json changed after save_pretrained"):
+        KGDiffPipeline.from_pretrained(tmp_path, scheduler=ddim)
+
+
+def test_a_corrupt_weights_file_is_named_corrupt_not_missing(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(OSError, match="corrupt or truncated") as error:
+        KGDiffPipeline.from_pretrained(tmp_path)
+    assert not isinstance(error.value, FileNotFoundError) and "pickle" not in str(error.value)

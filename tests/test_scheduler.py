@@ -144,3 +144,20 @@ def test_bad_configuration_is_rejected():
         make_sampler("euler-magic", KGDiffScheduler().config)
     with pytest.raises(ValueError, match="num_inference_steps"):
         KGDiffScheduler(num_train_timesteps=50).set_timesteps(60)
+
+
+def test_every_sampler_starts_a_chain_near_the_top_for_any_step_count():
+    """diffusers' leading spacing starts 67 of 200 steps at t = 132 (and DPM-Solver++ 50 steps at t = 150)."""
+    base = KGDiffScheduler(num_train_timesteps=200)
+    reference, _ = paired_schedulers()
+    for num_inference_steps in (20, 50, 100, 200):  # divisors: the DDPM chain is diffusers' own
+        base.set_timesteps(num_inference_steps)
+        reference.set_timesteps(num_inference_steps)
+        assert torch.equal(base.timesteps, reference.timesteps)
+    for name in ("ddpm", "dpm++", "unipc"):
+        sampler = make_sampler(name, base.config)
+        for num_inference_steps in (3, 50, 67, 101, 150, 200):
+            sampler.set_timesteps(num_inference_steps)
+            steps = sampler.timesteps
+            assert int(steps[0]) >= 199 - 200 / num_inference_steps, (name, num_inference_steps, int(steps[0]))
+            assert len(set(steps.tolist())) == len(steps) and bool((steps[:-1] > steps[1:]).all())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -156,8 +156,10 @@ class KGDiffPipeline(DiffusionPipeline):
         feature_std = [float(s) for s in (feature_std if feature_std is not None else [1.0] * num_features)]
         if not len(feature_names) == len(feature_mean) == len(feature_std) == num_features:
             raise ValueError(f"feature_names, feature_mean and feature_std must each have {num_features} entries")
-        if min(feature_std) <= 0:
-            raise ValueError(f"feature_std must be positive, got {feature_std}")
+        if not all(math.isfinite(v) for v in feature_mean + feature_std) or min(feature_std) <= 0:
+            raise ValueError(
+                f"feature_mean must be finite and feature_std finite and positive, got {feature_mean} / {feature_std}"
+            )
         self.delay_embedding = DelayEmbedding(seq_len, delay_window, delay_stride)
         if unet.config.sample_size != self.delay_embedding.image_size:
             raise ValueError(
@@ -196,8 +198,10 @@ class KGDiffPipeline(DiffusionPipeline):
             raise ValueError(f"level_noise must be a finite number >= 0 or None, got {level_noise}")
         if level_noise and (donor_prior is None or not donor_prior.config.get("has_level_errors", False)):
             raise ValueError("level_noise > 0 needs a donor prior that stores level errors (has_level_errors)")
-        if output_min is not None and len(output_min) != num_features:
-            raise ValueError(f"output_min must have {num_features} entries, got {len(output_min)}")
+        if output_min is not None and (
+            len(output_min) != num_features or not all(m is None or math.isfinite(m) for m in output_min)
+        ):
+            raise ValueError(f"output_min must be {num_features} finite numbers or None entries, got {output_min}")
         if day_types is not None:
             day_types = [str(t) for t in day_types]
             if not day_types or not set(day_types) <= set(DAY_TYPES) or len(set(day_types)) != len(day_types):
@@ -253,12 +257,19 @@ class KGDiffPipeline(DiffusionPipeline):
         except OSError as err:
             if not kwargs["use_safetensors"] or ".safetensors" not in str(err):
                 raise
+            if "no file named" not in str(err).lower():  # the file is there but unreadable
+                raise OSError(
+                    f"{pretrained_model_name_or_path}: {str(err).removeprefix('Error ').rstrip()} The safetensors "
+                    "file is corrupt or truncated (e.g. an interrupted download or copy); download or save it again"
+                ) from None
             raise FileNotFoundError(
                 f"{pretrained_model_name_or_path}: {str(err).removeprefix('Error ')} KGDiffPipeline loads "
                 "safetensors weights only (no pickle); re-save the pipeline with save_pretrained() where you trust "
                 "it, or pass use_safetensors=False to read pickled weights"
             ) from None
-        pipe.check_config_digests(source=str(pretrained_model_name_or_path))
+        # Components passed in (diffusers' `from_pretrained(path, scheduler=...)`) replace saved ones on purpose.
+        replaced = {name for name in kwargs if name in pipe.components}
+        pipe.check_config_digests(source=str(pretrained_model_name_or_path), replaced=replaced)
         pipe.check_finite_weights(source=str(pretrained_model_name_or_path))
         return pipe
 
@@ -276,18 +287,25 @@ class KGDiffPipeline(DiffusionPipeline):
                 digests[name] = config_digest(_without_added_defaults(component.config))
         return digests
 
-    def check_config_digests(self, source: str = "pipeline") -> None:
+    def check_config_digests(self, source: str = "pipeline", replaced: Collection[str] = ()) -> None:
         """``ValueError`` naming the config files edited since :meth:`save_pretrained` wrote them.
 
         Components are trained together: an edit such as ``prediction_type`` or ``num_train_timesteps`` of
         the scheduler, or a reordered ``node_ids``, makes them disagree and silently changes the output.
+        ``replaced``: names of components passed to ``from_pretrained`` in place of the saved ones (not checked).
         """
         recorded = self.config.get("config_sha256")
         if recorded is None:
             logger.warning(f"{source} was saved without config digests (an older version): edits are not detected")
             return
+        if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+            raise ValueError(f"{source}: model_index.json's config_sha256 is not a {{name: digest}} map; restore it")
         actual = self._config_digests()
-        edited = sorted(name for name in set(recorded) | set(actual) if recorded.get(name) != actual.get(name))
+        edited = sorted(
+            name
+            for name in set(recorded) | set(actual)
+            if name not in replaced and recorded.get(name) != actual.get(name)
+        )
         if edited:
             config_file = {name: getattr(c, "config_name", "config.json") for name, c in self.components.items()}
             files = [
@@ -348,7 +366,10 @@ class KGDiffPipeline(DiffusionPipeline):
         for row, (node_id, pairs) in enumerate(new_nodes.items()):
             if len(pairs) == 0:
                 raise ValueError(f"new node {node_id!r} has no (relation, entity) neighbours")
-            for relation, entity in pairs:
+            for pair in pairs:
+                if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+                    raise ValueError(f"new node {node_id!r}: give a list of (relation, entity) pairs, not {pair!r}")
+                relation, entity = pair
                 if relation not in relation_ids:
                     raise ValueError(f"new node {node_id!r}: relation {relation!r} is not in the KG")
                 if entity not in entity_ids:
@@ -447,25 +468,45 @@ class KGDiffPipeline(DiffusionPipeline):
                 (*prior(chunk, day_types=self._day_type_rows(day_type, len(chunk))), prior.candidate_index[chunk])
                 for chunk in rows.split(1024)
             ]
+        locations = self._checked_locations(new_nodes, new_node_locations)
         if new_nodes:
-            locations = dict(new_node_locations or {})
-            unknown = sorted(set(locations) - set(new_nodes))
-            if unknown:
-                raise ValueError(f"new_node_locations names {unknown[:5]}, which are not in new_nodes")
             coords = torch.tensor(
-                [locations.get(node_id, (float("nan"), float("nan"))) for node_id in new_nodes],
+                [locations.get(str(node_id), (float("nan"), float("nan"))) for node_id in new_nodes],
                 dtype=torch.float32,
                 device=self.device,
             )
-            known = torch.isfinite(coords).all(dim=1)
-            if (coords[known, 0].abs() > 90).any() or (coords[known, 1].abs() > 180).any():
-                raise ValueError(f"new_node_locations must be (lat, lon) in degrees, got {locations}")
             edge_node, edge_relation, edge_neighbor = (e.to(self.device) for e in self.new_node_edges(new_nodes))
             index, features = prior.candidates_for(coords, edge_node, edge_neighbor, len(new_nodes))
             log_degree = prior.log_degree_of(edge_node, edge_relation, len(new_nodes))
             day_types = self._day_type_rows(day_type, len(new_nodes))
             parts.append((*prior(candidates=(index, features, log_degree), day_types=day_types), index))
         return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
+
+    @staticmethod
+    def _checked_locations(
+        new_nodes: NewNodes | None, new_node_locations: Mapping[str, tuple[float, float]] | None
+    ) -> dict[str, tuple[float, float]]:
+        """``new_node_locations`` as ``{new_node_id: (lat, lon)}``; ``ValueError`` naming the first bad entry."""
+        if new_node_locations is None:
+            return {}
+        if not isinstance(new_node_locations, Mapping):
+            raise TypeError(f"new_node_locations must map new node ids to (lat, lon), got {type(new_node_locations)}")
+        names = {str(n) for n in (new_nodes or {})}
+        unknown = sorted(str(n) for n in new_node_locations if str(n) not in names)
+        if unknown:
+            raise ValueError(f"new_node_locations names {unknown[:5]}, which are not in new_nodes")
+        locations = {}
+        for node_id, location in new_node_locations.items():
+            pair = np.asarray(location, dtype=object)
+            numbers = pair.shape == (2,) and all(
+                isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in pair
+            )
+            if not numbers or not all(math.isfinite(v) for v in pair) or abs(pair[0]) > 90 or abs(pair[1]) > 180:
+                raise ValueError(
+                    f"new_node_locations[{node_id!r}] must be (lat, lon), two finite numbers in degrees: {location!r}"
+                )
+            locations[str(node_id)] = (float(pair[0]), float(pair[1]))
+        return locations
 
     def _clip_to_range(self, series: torch.Tensor) -> torch.Tensor:
         """``(..., D)`` data units, each feature clipped below at ``output_min`` where one is set."""
@@ -510,6 +551,9 @@ class KGDiffPipeline(DiffusionPipeline):
             )
         if output_type not in ("np", "pt", "pd"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'pd', got {output_type!r}")
+        repeated = sorted({str(n) for n in node_ids if [str(m) for m in node_ids].count(str(n)) > 1})
+        if repeated:
+            raise ValueError(f"node_ids {repeated[:5]} are given more than once; ask for more days with num_samples")
         overlap = {str(n) for n in node_ids} & set(new_nodes)
         if overlap:
             raise ValueError(f"{sorted(overlap)[:5]} appear both in node_ids and new_nodes")
@@ -522,6 +566,23 @@ class KGDiffPipeline(DiffusionPipeline):
         batch = (len(node_ids) + len(new_nodes)) * num_samples
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} days (nodes x num_samples)")
+
+    def _check_chain_starts_at_noise(self, num_inference_steps: int) -> None:
+        """``ValueError`` when the sampler's first timestep lies more than one stride below the last training step.
+
+        Sampling from pure noise needs a chain that starts at the top. diffusers' ``"leading"`` spacing (DDIM)
+        starts at ``(n - 1) (T // n)``, e.g. t = 132 of 200 for 67 steps.
+        """
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        num_train = self.scheduler.config.num_train_timesteps
+        first = int(self.scheduler.timesteps[0])
+        if first < num_train - 1 - math.ceil(num_train / num_inference_steps):
+            divisors = [n for n in range(1, num_train + 1) if num_train % n == 0 and n <= num_inference_steps][-3:]
+            raise ValueError(
+                f"{type(self.scheduler).__name__} with {self.scheduler.config.timestep_spacing!r} spacing starts "
+                f"{num_inference_steps} steps at t = {first} of {num_train}, but sampling starts from pure noise; use "
+                f"a number of steps that divides {num_train} (e.g. {divisors}) or another sampler (ddpm, dpm++, unipc)"
+            )
 
     @staticmethod
     def _chunk_generators(generator, batch: int, batch_size: int):
@@ -634,10 +695,11 @@ class KGDiffPipeline(DiffusionPipeline):
         if isinstance(node_ids, (str, bytes)):
             raise TypeError(f"node_ids must be a list of node ids, got the string {node_ids!r}; use [{node_ids!r}]")
         node_ids = [] if node_ids is None else list(node_ids)
-        new_nodes = dict(new_nodes or {})
+        new_nodes = {str(node_id): pairs for node_id, pairs in (new_nodes or {}).items()}
         self._check_arguments(
             node_ids, new_nodes, num_samples, num_inference_steps, generator, output_type, batch_size
         )
+        self._checked_locations(new_nodes, new_node_locations)
         self.day_type_index(day_type)  # an unknown day type fails here, before any work
         all_ids = [str(n) for n in node_ids] + list(new_nodes)
         batch = len(all_ids) * num_samples
@@ -663,6 +725,8 @@ class KGDiffPipeline(DiffusionPipeline):
         strength = self.config.get("start_strength")
         starts_from_days = residual_scale is not None and strength is not None and strength < 1
         num_steps_run = round(strength * num_inference_steps) if starts_from_days else num_inference_steps
+        if not starts_from_days:
+            self._check_chain_starts_at_noise(num_inference_steps)
         # The residual model samples Y = (X - f) / s as plain DDPM: its process drifts towards 0, not f.
         drifts = meta_images if residual_scale is None else torch.zeros_like(meta_images)
         # Days stream through in chunks of batch_size, so memory stays bounded for any num_samples.

@@ -128,7 +128,10 @@ class KGDiffScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = num_inference_steps
         spacing = self.config.timestep_spacing
         if spacing == "leading":
-            step_ratio = num_train // num_inference_steps
+            # diffusers' integer ratio T // n starts a chain far below T where n does not divide T (67 of 200 steps
+            # would start at t = 132 while sampling starts from pure noise); the exact ratio gives the same
+            # timesteps where n divides T and a top step within T / n of T otherwise.
+            step_ratio = num_train / num_inference_steps
             timesteps = (np.arange(0, num_inference_steps) * step_ratio).round()[::-1].astype(np.int64)
             timesteps = timesteps + self.config.steps_offset
         elif spacing == "trailing":
@@ -277,7 +280,8 @@ def make_sampler(name: str, config: Mapping) -> SchedulerMixin:
     are diffusers' samplers with the same betas, which :class:`KGDiffPipeline` runs on the residual
     ``X - f``. Every config entry is passed explicitly: ``from_config`` alone would drop the values that
     were defaults of ``KGDiffScheduler`` (e.g. its 200 steps and cosine betas) in favour of the target
-    class's own defaults.
+    class's own defaults. The multistep solvers take ``"trailing"`` spacing: with ``"leading"`` they space
+    ``n + 1`` points and start at ``n (T // (n + 1))`` (t = 150 of 200 for 50 steps), not at the top of the chain.
     """
     explicit = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     if name == "ddpm":
@@ -285,7 +289,9 @@ def make_sampler(name: str, config: Mapping) -> SchedulerMixin:
     if name == "ddim":
         return DDIMScheduler.from_config(explicit)
     if name == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(explicit, algorithm_type="dpmsolver++", solver_order=2)
+        return DPMSolverMultistepScheduler.from_config(
+            explicit, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing"
+        )
     if name == "unipc":
-        return UniPCMultistepScheduler.from_config(explicit)
+        return UniPCMultistepScheduler.from_config(explicit, timestep_spacing="trailing")
     raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
