@@ -32,6 +32,7 @@ from kgdiff_diffusers.evaluation import (
     evaluate_pipeline,
     markdown_table,
     save_samples,
+    training_split_note,
     with_training_split,
     write_report,
 )
@@ -62,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.num_inference_steps < 1:
         parser.error(f"--num_inference_steps must be >= 1; got {args.num_inference_steps}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0; got {args.seed}")
     if args.save_samples is not None and args.save_samples.suffix != ".npz":
         parser.error(f"--save_samples must name a .npz file; got {args.save_samples}")
     return args
@@ -69,12 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Refuses to replace an earlier report (or samples file) unless ``--overwrite`` is given."""
-    outputs = [args.output_dir / name for name in (METRICS_FILE, REPORT_FILE, *PICTURES)]
-    existing = [path for path in [*outputs, args.save_samples] if path is not None and path.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(
-            f"{existing[0]} exists (an earlier evaluation); pass --overwrite or choose another --output_dir"
-        )
+    if args.overwrite:
+        return
+    for path in (args.output_dir / name for name in (METRICS_FILE, REPORT_FILE, *PICTURES)):
+        if path.exists():
+            raise FileExistsError(
+                f"{path} exists (an earlier evaluation); pass --overwrite or choose another --output_dir"
+            )
+    if args.save_samples is not None and args.save_samples.exists():
+        raise FileExistsError(f"--save_samples {args.save_samples} exists; pass --overwrite or choose another file")
 
 
 def main(argv: list[str] | None = None) -> EvaluationResult:
@@ -83,12 +89,16 @@ def main(argv: list[str] | None = None) -> EvaluationResult:
     check_outputs(args)
     if not (args.model / "model_index.json").is_file():
         raise FileNotFoundError(f"--model {args.model}: no model_index.json; pass a save_pretrained folder")
-    dataset = with_training_split(PreparedDataset.load(args.data), args.model)
+    dataset = PreparedDataset.load(args.data)
     pipe = KGDiffPipeline.from_pretrained(args.model)
+    # Before the training run's split is applied: the split of other data can clash with it, and this check names
+    # the cause. The fingerprint leaves training-side validation nodes out, so it is the same either way.
     check_data_fingerprint(
         pipe.config.get("data_fingerprint"), data_fingerprint(dataset.node_table, dataset.kg, dataset.name),
         str(args.data), args.ignore_data_fingerprint,
     )
+    note = training_split_note(dataset, args.model)
+    dataset = with_training_split(dataset, args.model)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     logger.info("evaluating %s on %s: %d test nodes, sampler %s, %d steps", args.model, dataset.name,
                 len(dataset.test_node_ids), args.sampler, args.num_inference_steps)
@@ -101,6 +111,8 @@ def main(argv: list[str] | None = None) -> EvaluationResult:
         max_days_per_node=args.max_days_per_node,
         batch_size=args.batch_size,
     )
+    if note is not None:
+        result.metrics["notes"] = [note]
     paths = write_report(result, args.output_dir, dataset.interval_minutes, dataset.feature_names)
     if args.save_samples is not None:
         paths["samples"] = save_samples(args.save_samples, result)

@@ -104,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ISO date of the timestamps, e.g. 2024-03-04; default today")
     parser.add_argument("--output", type=Path, required=True, help="a .csv, .parquet or .npz file")
     parser.add_argument("--batch_size", type=int, default=256, help="images per denoiser call")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output and its plot")
     parser.add_argument("--ignore_data_fingerprint", action="store_true",
                         help="use --data even if it is not the data the pipeline was trained on (warns)")
     args = parser.parse_args(argv)
@@ -117,7 +117,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--output {args.output}: the suffix must be one of {OUTPUT_SUFFIXES}")
     if args.num_samples < 1 or args.num_inference_steps < 1:
         parser.error("--num_samples and --num_inference_steps must be >= 1")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0; got {args.seed}")
+    names = [place["name"] for place in args.new_nodes]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        parser.error(f"--new_node {repeated[0]} is given twice; give each new place once, under its own name")
     return args
+
+
+def output_paths(output: Path) -> list[Path]:
+    """Every file :func:`main` writes: ``output`` and the plot next to it."""
+    return [output, output.with_suffix(".png")]
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuses, before any sampling, outputs that cannot be written or would replace files without ``--overwrite``."""
+    for path in output_paths(args.output):
+        if path.is_dir():
+            raise IsADirectoryError(f"--output {args.output}: {path} is a folder; choose a file name")
+        if path.exists() and not args.overwrite:
+            what = "" if path == args.output else " (the plot written next to --output)"
+            raise FileExistsError(f"--output {args.output}: {path}{what} exists; pass --overwrite or choose another "
+                                  "--output")
+    folder = args.output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"--output {args.output}: {folder} is a file, not a folder")
 
 
 def load_places(data: Path) -> tuple[pd.DataFrame, KnowledgeGraph]:
@@ -150,7 +177,9 @@ def new_node_conditions(args: argparse.Namespace, pipe: KGDiffPipeline) -> dict[
     conditions = {}
     for place in args.new_nodes:
         name = place["name"]
-        if name in pipe.config.node_ids or name in conditions:
+        if name in conditions:
+            raise ValueError(f"--new_node {name} is given twice; give each new place once, under its own name")
+        if name in pipe.config.node_ids:
             raise ValueError(f"--new_node {name}: the name is already a node id; choose another")
         entity = name if "/" in name else KIND_PREFIXES[kind] + name
         triples = new_node_triples(kg, node_table, entity, place["lat"], place["lon"], kind, place["pois"])
@@ -208,8 +237,7 @@ def write_output(path: Path, node_ids: list[str], series: np.ndarray, timestamps
 def main(argv: list[str] | None = None) -> tuple[list[str], np.ndarray] | None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"--output {args.output} exists; pass --overwrite or choose another file")
+    check_outputs(args)
     if not (args.model / "model_index.json").is_file():
         raise FileNotFoundError(f"--model {args.model}: no model_index.json; pass a save_pretrained folder")
     pipe = KGDiffPipeline.from_pretrained(args.model)
@@ -247,7 +275,7 @@ def main(argv: list[str] | None = None) -> tuple[list[str], np.ndarray] | None:
     timestamps = pd.date_range(pd.Timestamp(args.date), periods=series.shape[2], freq=f"{interval}min")
     feature_names = list(pipe.config.feature_names)
     write_output(args.output, node_ids, series, timestamps, feature_names)
-    plot = plot_generated_days(series, node_ids, args.output.with_suffix(".png"), interval, feature_names)
+    plot = plot_generated_days(series, node_ids, output_paths(args.output)[1], interval, feature_names)
     logger.info("wrote %s (%d nodes x %d %s days x %d steps) and %s", args.output, series.shape[0], series.shape[1],
                 args.day_type or (pipe.config.get("day_types") or ["generated"])[0], series.shape[2], plot)
     return node_ids, series
@@ -256,5 +284,5 @@ def main(argv: list[str] | None = None) -> tuple[list[str], np.ndarray] | None:
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, ValueError) as err:
         raise SystemExit(f"generate.py: error: {err}") from None

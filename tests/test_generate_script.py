@@ -100,3 +100,45 @@ def test_generate_rejects_unknown_ids_and_bad_arguments(tiny, generate, tmp_path
     ):
         with pytest.raises(SystemExit):
             generate.parse_args(["--model", str(model_dir), "--output", output, *bad])
+
+
+class NotLoaded:
+    """Stands in for ``KGDiffPipeline``: these checks must fail before the pipeline is loaded, let alone sampled."""
+
+    @staticmethod
+    def from_pretrained(*args, **kwargs):
+        raise AssertionError("generate.py loaded the pipeline before checking its outputs")
+
+
+def test_generate_checks_every_output_before_sampling(tiny, generate, tmp_path, monkeypatch):
+    _, _, model_dir = tiny
+    monkeypatch.setattr(generate, "KGDiffPipeline", NotLoaded)
+
+    def run(output, *extra):
+        generate.main(["--model", str(model_dir), "--node_ids", "00", "--output", str(output), *extra])
+
+    plot = tmp_path / "days.png"
+    plot.write_bytes(b"an earlier plot")
+    with pytest.raises(FileExistsError, match=r"days\.png \(the plot written next to --output\) exists.*--overwrite"):
+        run(tmp_path / "days.npz")
+    assert plot.read_bytes() == b"an earlier plot" and not (tmp_path / "days.npz").exists()
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(IsADirectoryError, match="folder.csv is a folder"):
+        run(tmp_path / "folder.csv", "--overwrite")
+    (tmp_path / "afile").write_text("x")
+    for output in (tmp_path / "afile" / "x.csv", tmp_path / "afile" / "sub" / "x.csv"):
+        with pytest.raises(NotADirectoryError, match="afile is a file, not a folder"):
+            run(output)
+
+
+def test_generate_names_the_flag_of_a_bad_argument(tiny, generate, capsys):
+    _, data_dir, model_dir = tiny
+    base = ["--model", str(model_dir), "--output", "x.csv"]
+    for bad, message in (
+        (["--node_ids", "00", "--seed", "-1"], "--seed must be >= 0; got -1"),
+        (["--new_node", "p1:37.5,-121.0", "--new_node", "p1:37.6,-121.0", "--data", str(data_dir)],
+         "--new_node p1 is given twice"),
+    ):
+        with pytest.raises(SystemExit):
+            generate.parse_args([*base, *bad])
+        assert message in capsys.readouterr().err

@@ -27,6 +27,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .baselines import all_baselines
+from .checkpointing import RUN_CONFIG_FILE
 from .data.days import DAY_TYPES, day_type_indices
 from .kg.graph import INVERSE_SUFFIX
 from .metrics import DEFAULT_JSD_BINS, NODE_METRICS, evaluate_nodes, physical_lower_bound
@@ -365,19 +366,53 @@ def _evaluate(dataset, split, generate, seed, samples_per_node, include_baseline
     return EvaluationResult(metrics, node_ids, generated, generated_mask, real, real_mask, list(dataset.dates))
 
 
+def training_split_note(dataset, model_dir: str | Path) -> str | None:
+    """Why the baselines may draw from other train nodes than the pipeline in ``model_dir`` was trained on.
+
+    ``None`` when :func:`with_training_split` can apply the training run's split: the dataset has its own
+    validation split, or the pipeline's folder has ``training_config.json``. Without that file (a pipeline
+    downloaded from the Hub, where it is not pushed) the validation nodes the model was trained without are
+    unknown, so the baselines draw from every training-side node.
+    """
+    if dataset.validation_node_ids or (Path(model_dir) / RUN_CONFIG_FILE).is_file():
+        return None
+    return (
+        f"the validation nodes of the training run are unknown ({model_dir} has no {RUN_CONFIG_FILE}, e.g. a "
+        "pipeline downloaded from the Hub), so the baselines draw from every training-side node of the dataset, "
+        "including any validation nodes the model was trained without"
+    )
+
+
 def with_training_split(dataset, model_dir: str | Path):
     """``dataset`` with the validation nodes that the pipeline in ``model_dir`` was trained without.
 
     ``scripts/train.py`` holds validation nodes out of training and records them in ``training_config.json``;
     applying them here makes the baselines draw from the same train nodes as the model. The dataset is returned
-    unchanged when it has its own validation split or the pipeline's folder names none.
+    unchanged when it has its own validation split or the pipeline's folder names none; a warning
+    (:func:`training_split_note`) is logged when the folder has no ``training_config.json``.
+
+    Raises:
+        ValueError: the recorded validation nodes are not training-side nodes of ``dataset`` (the data is not
+            the data the pipeline was trained on).
     """
-    config = Path(model_dir) / "training_config.json"
+    note = training_split_note(dataset, model_dir)
+    if note is not None:
+        logger.warning(note)
+    config = Path(model_dir) / RUN_CONFIG_FILE
     if dataset.validation_node_ids or not config.is_file():
         return dataset
-    validation = json.loads(config.read_text(encoding="utf-8")).get("validation_node_ids") or []
+    validation = [str(n) for n in json.loads(config.read_text(encoding="utf-8")).get("validation_node_ids") or []]
     if not validation:
         return dataset
+    unknown = sorted(set(validation) - set(dataset.node_ids))
+    clashing = sorted(set(validation) & set(dataset.test_node_ids))
+    if unknown or clashing:
+        problem = (f"{unknown[:5]} are not nodes of dataset {dataset.name!r}" if unknown
+                   else f"{clashing[:5]} are test nodes of dataset {dataset.name!r}")
+        raise ValueError(
+            f"the validation nodes the pipeline was trained without ({config}) {problem}: the data and the model "
+            "differ (the pipeline was trained on another dataset or split); evaluate on the data it was trained on"
+        )
     return dataset.with_split(dataset.test_node_ids, validation, rule=f"validation nodes of {config}")
 
 
@@ -460,7 +495,8 @@ def write_report(
 ) -> dict[str, Path]:
     """Writes ``metrics.json``, ``report.md`` and ``daily_profiles.png``, ``value_kde.png``, ``tsne.png``.
 
-    Existing files of these names in ``output_dir`` are replaced (callers decide whether that is allowed).
+    Existing files of these names in ``output_dir`` are replaced (callers decide whether that is allowed). Each
+    of ``result.metrics["notes"]`` (caveats, e.g. :func:`training_split_note`) is shown above the table.
 
     Args:
         result: from :func:`evaluate_pipeline`.
@@ -496,6 +532,7 @@ def write_report(
         f"({', '.join(feature_names)}); lower is better (spread ratio: nearest to 1), the best of each column "
         "is bold.",
         "",
+        *[f"**Note:** {note}\n" for note in metrics.get("notes", [])],
         markdown_table(metrics),
         *(["Each day type against its own real days (the table above: all days):", "", day_type_tables(metrics)]
           if "day_types" in metrics else []),
