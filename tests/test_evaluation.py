@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import logging
 import math
 import os
 import subprocess
@@ -23,6 +24,7 @@ from kgdiff_diffusers.evaluation import (
     generate_for_nodes,
     markdown_table,
     new_node_neighbors,
+    training_split_note,
     with_training_split,
 )
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
@@ -203,17 +205,38 @@ def test_validation_split_is_evaluated_and_baselines_alone_match(tiny):
         evaluate_baselines(split, split="valid")
 
 
-def test_evaluation_reuses_the_validation_nodes_the_model_was_trained_without(tiny, tmp_path):
+def test_evaluation_reuses_the_validation_nodes_the_model_was_trained_without(tiny, tmp_path, caplog):
     dataset, _, _, _ = tiny
-    assert with_training_split(dataset, tmp_path) is dataset  # no training_config.json
+    with caplog.at_level(logging.WARNING):
+        assert with_training_split(dataset, tmp_path) is dataset  # no training_config.json (e.g. from the Hub)
+    assert "validation nodes of the training run are unknown" in caplog.text  # the baselines' donors may differ
+    assert "training_config.json" in training_split_note(dataset, tmp_path)
     (tmp_path / "training_config.json").write_text(json.dumps({"validation_node_ids": dataset.train_node_ids[:2]}))
+    assert training_split_note(dataset, tmp_path) is None
     split = with_training_split(dataset, tmp_path)
     assert split.validation_node_ids == dataset.train_node_ids[:2]
     assert split.train_node_ids == dataset.train_node_ids[2:] and split.test_node_ids == dataset.test_node_ids
     assert with_training_split(split, tmp_path) is split  # a dataset with its own validation split is kept
+    assert training_split_note(split, tmp_path.parent) is None
     (tmp_path / "training_config.json").write_text(json.dumps({"validation_node_ids": ["elsewhere"]}))
-    with pytest.raises(ValueError, match="not nodes of dataset"):
+    with pytest.raises(ValueError, match="not nodes of dataset.*the data and the model differ"):
         with_training_split(dataset, tmp_path)
+    (tmp_path / "training_config.json").write_text(json.dumps({"validation_node_ids": dataset.test_node_ids[:1]}))
+    with pytest.raises(ValueError, match=rf"\['{dataset.test_node_ids[0]}'\] are test nodes.*the data and the model"):
+        with_training_split(dataset, tmp_path)
+
+
+def test_evaluate_script_checks_its_arguments_before_loading(tiny, tmp_path, capsys):
+    _, _, data_dir, model_dir = tiny
+    evaluate = load_script("evaluate")
+    samples = tmp_path / "samples.npz"
+    samples.write_bytes(b"earlier samples")
+    args = ["--model", str(model_dir), "--data", str(data_dir), "--output_dir", str(tmp_path / "eval")]
+    with pytest.raises(FileExistsError, match="--save_samples .*samples.npz exists; pass --overwrite"):
+        evaluate.main([*args, "--save_samples", str(samples)])
+    with pytest.raises(SystemExit):
+        evaluate.parse_args([*args, "--seed", "-1"])
+    assert "--seed must be >= 0; got -1" in capsys.readouterr().err
 
 
 def test_pipeline_dataset_mismatch_is_a_clear_error(tiny):

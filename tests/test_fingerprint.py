@@ -1,6 +1,8 @@
 """evaluate.py / generate.py refuse a --data folder that is not the one the pipeline was trained on."""
 
+import json
 import logging
+import shutil
 
 import pytest
 
@@ -49,6 +51,26 @@ def test_evaluate_refuses_other_data_unless_told(folders, data, differ, caplog):
         with caplog.at_level(logging.WARNING):
             evaluate.main(evaluate_args(root, root / data, "--ignore_data_fingerprint"))
         assert "going on because of --ignore_data_fingerprint" in caplog.text
+        # "fingerprinted" has no training_config.json: the baselines' donors may include its validation nodes
+        assert "validation nodes of the training run are unknown" in caplog.text
+        metrics = json.loads((root / "eval" / "metrics.json").read_text())
+        assert len(metrics["notes"]) == 1 and "validation nodes of the training run are unknown" in metrics["notes"][0]
+        assert f"**Note:** {metrics['notes'][0]}" in (root / "eval" / "report.md").read_text()
+
+
+def test_evaluate_names_other_data_before_it_clashes_with_the_training_split(folders, tmp_path):
+    dataset, _, root = folders
+    model = tmp_path / "model"
+    shutil.copytree(root / "fingerprinted", model)
+    clashing = dataset.train_node_ids[0]  # a validation node of the run, a test node of "resplit"
+    (model / "training_config.json").write_text(json.dumps({"validation_node_ids": [clashing]}))
+    evaluate = load_script("evaluate")
+    args = ["--model", str(model), "--data", str(root / "resplit"), "--output_dir", str(tmp_path / "eval")]
+    with pytest.raises(ValueError, match="is not the data the pipeline was trained on: its test_node_ids differ"):
+        evaluate.main(args)
+    with pytest.raises(ValueError, match=rf"\['{clashing}'\] are test nodes of dataset .*data and the model differ"):
+        evaluate.main([*args, "--ignore_data_fingerprint"])
+    assert not (tmp_path / "eval").exists()
 
 
 def test_generate_refuses_another_city_for_new_places(folders):

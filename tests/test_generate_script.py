@@ -42,7 +42,7 @@ def fresh_accelerate_state():
 @pytest.mark.slow
 def test_generate_known_and_new_nodes_one_and_two_processes(tiny, generate, fresh_accelerate_state, tmp_path):
     dataset, data_dir, model_dir = tiny
-    csv_path, npz_path = tmp_path / "days.csv", tmp_path / "days.npz"
+    csv_path, npz_path = tmp_path / "days.csv", tmp_path / "two" / "days.npz"  # each writes its own days.png
     generate.main(generate_args(dataset, data_dir, model_dir, csv_path)[1:])  # one process, in this one
     frame = pd.read_csv(csv_path, dtype={"node_id": str}, parse_dates=["timestamp"])
     node_ids = [*dataset.node_ids[:2], "planned"]

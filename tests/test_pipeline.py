@@ -282,7 +282,8 @@ def test_new_node_ids_come_back_as_strings(tiny_pipeline):
     [{"feature_std": [float("nan")]}, {"feature_mean": [float("inf")]}, {"output_min": [float("nan")]}],
 )
 def test_non_finite_statistics_are_refused(tiny_pipeline, changes):
-    config = {k: v for k, v in tiny_pipeline.config.items() if not k.startswith("_") and k not in tiny_pipeline.components}
+    components = tiny_pipeline.components
+    config = {k: v for k, v in tiny_pipeline.config.items() if not k.startswith("_") and k not in components}
     with pytest.raises(ValueError, match="finite"):
         KGDiffPipeline(**tiny_pipeline.components, **{**config, **changes})
 
