@@ -297,6 +297,22 @@ def test_a_component_passed_to_from_pretrained_replaces_the_saved_one(tiny_pipel
         KGDiffPipeline.from_pretrained(tmp_path, scheduler=ddim)
 
 
+def test_a_missing_component_folder_is_named(tiny_pipeline, tmp_path):
+    import shutil
+
+    tiny_pipeline.save_pretrained(tmp_path)
+    shutil.rmtree(tmp_path / "meta_pattern")
+    with pytest.raises(FileNotFoundError, match=r"component folder\(s\) \['meta_pattern'\] listed in model_index.json"):
+        KGDiffPipeline.from_pretrained(tmp_path)
+
+
+def test_a_half_precision_load_is_refused_with_a_reason(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="runs in float32"):
+        KGDiffPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    assert KGDiffPipeline.from_pretrained(tmp_path, torch_dtype=torch.float32).unet.dtype == torch.float32
+
+
 def test_a_corrupt_weights_file_is_named_corrupt_not_missing(tiny_pipeline, tmp_path):
     tiny_pipeline.save_pretrained(tmp_path)
     weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -252,6 +254,13 @@ class KGDiffPipeline(DiffusionPipeline):
         all finite is refused too (:meth:`check_finite_weights`).
         """
         kwargs.setdefault("use_safetensors", True)
+        for key in ("torch_dtype", "dtype"):
+            if kwargs.get(key) not in (None, torch.float32):
+                raise ValueError(
+                    f"{key}={kwargs[key]}: KGDiffPipeline runs in float32 (its geometry experts and donor statistics "
+                    "are float32); load it without a dtype"
+                )
+        cls._check_component_folders(pretrained_model_name_or_path, passed=set(kwargs))
         try:
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except OSError as err:
@@ -272,6 +281,28 @@ class KGDiffPipeline(DiffusionPipeline):
         pipe.check_config_digests(source=str(pretrained_model_name_or_path), replaced=replaced)
         pipe.check_finite_weights(source=str(pretrained_model_name_or_path))
         return pipe
+
+    @staticmethod
+    def _check_component_folders(path, passed: Collection[str] = ()) -> None:
+        """``FileNotFoundError`` naming a component folder that a local pipeline's ``model_index.json`` lists but
+        that is missing (diffusers names the pipeline folder instead); components in ``passed`` are not read."""
+        index = Path(path) / "model_index.json"
+        if not index.is_file():
+            return
+        try:
+            entries = json.loads(index.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return  # diffusers reports the broken file
+        missing = [
+            name for name, value in entries.items()
+            if isinstance(value, list) and len(value) == 2 and value[0] is not None and name not in passed
+            and not (Path(path) / name).is_dir()
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"{path}: the component folder(s) {missing} listed in model_index.json are missing; copy or download "
+                "the whole pipeline folder"
+            )
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """``DiffusionPipeline.save_pretrained``, recording a digest of every config in ``model_index.json``."""
