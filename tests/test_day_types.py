@@ -193,7 +193,8 @@ def test_pipelines_saved_before_day_types_still_load_and_take_no_day_type(city, 
         config.pop("has_level_errors", None)
         path.write_text(json.dumps(config))
         index["config_sha256"][name] = config_digest(config)
-    for added in ("day_types", "start_strength", "level_exponent", "random_donor_share", "level_noise"):
+    for added in ("day_types", "start_strength", "level_exponent", "random_donor_share", "level_noise",
+                  "validation_node_ids"):
         del index[added]
     own = {k: v for k, v in index.items() if k not in pipe.components and k != "config_sha256"}
     index["config_sha256"]["model_index"] = config_digest(own)

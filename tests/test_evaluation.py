@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import (
@@ -226,6 +227,21 @@ def test_evaluation_reuses_the_validation_nodes_the_model_was_trained_without(ti
         with_training_split(dataset, tmp_path)
 
 
+def test_a_pipeline_folder_without_training_config_names_its_validation_nodes_itself(tiny, tmp_path, caplog):
+    """A pipeline from the Hub has no training_config.json; since 2026-12-06 its model_index.json names them."""
+    dataset, pipe, _, _ = tiny
+    held_out = dataset.train_node_ids[:2]
+    with_ids = KGDiffPipeline(**pipe.components, **{**_own_config(pipe), "validation_node_ids": held_out})
+    with_ids.save_pretrained(tmp_path)
+    assert KGDiffPipeline.from_pretrained(tmp_path).config.validation_node_ids == held_out
+    with caplog.at_level(logging.WARNING):
+        split = with_training_split(dataset, tmp_path)
+    assert split.validation_node_ids == held_out and training_split_note(dataset, tmp_path) is None
+    assert "unknown" not in caplog.text
+    with pytest.raises(ValueError, match=r"validation_node_ids \['nowhere'\] are not in node_ids"):
+        KGDiffPipeline(**pipe.components, **{**_own_config(pipe), "validation_node_ids": ["nowhere"]})
+
+
 def test_evaluate_script_checks_its_arguments_before_loading(tiny, tmp_path, capsys):
     _, _, data_dir, model_dir = tiny
     evaluate = load_script("evaluate")
@@ -284,3 +300,7 @@ def test_new_node_neighbors_reads_both_directions_and_drops_unknown_names():
     )
     assert kept == [("SNS_1km", "Sensor/a"), ("SNS_1km_inv", "Sensor/a")]
     assert dropped == [("SLA", "Area/cell_new")]
+
+
+def _own_config(pipe) -> dict:
+    return {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in pipe.components}

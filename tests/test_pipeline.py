@@ -300,7 +300,10 @@ def test_a_component_passed_to_from_pretrained_replaces_the_saved_one(tiny_pipel
 def test_a_missing_component_folder_is_named(tiny_pipeline, tmp_path):
     import shutil
 
-    tiny_pipeline.save_pretrained(tmp_path)
+    held_out = {"validation_node_ids": ["node1", "node2"]}
+    # config lists of two strings are not component entries
+    KGDiffPipeline(**tiny_pipeline.components, **{**_own_config(tiny_pipeline), **held_out}).save_pretrained(tmp_path)
+    assert KGDiffPipeline.from_pretrained(tmp_path).config.validation_node_ids == ["node1", "node2"]
     shutil.rmtree(tmp_path / "meta_pattern")
     with pytest.raises(FileNotFoundError, match=r"component folder\(s\) \['meta_pattern'\] listed in model_index.json"):
         KGDiffPipeline.from_pretrained(tmp_path)
@@ -320,3 +323,7 @@ def test_a_corrupt_weights_file_is_named_corrupt_not_missing(tiny_pipeline, tmp_
     with pytest.raises(OSError, match="corrupt or truncated") as error:
         KGDiffPipeline.from_pretrained(tmp_path)
     assert not isinstance(error.value, FileNotFoundError) and "pickle" not in str(error.value)
+
+
+def _own_config(pipe) -> dict:
+    return {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in pipe.components}

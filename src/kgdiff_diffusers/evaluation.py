@@ -366,19 +366,35 @@ def _evaluate(dataset, split, generate, seed, samples_per_node, include_baseline
     return EvaluationResult(metrics, node_ids, generated, generated_mask, real, real_mask, list(dataset.dates))
 
 
+def _recorded_validation_nodes(model_dir: str | Path) -> tuple[list[str], Path] | None:
+    """The validation node ids the pipeline in ``model_dir`` was trained without, and the file naming them.
+
+    Read from ``training_config.json`` (``scripts/train.py``), else from the pipeline's own ``model_index.json``
+    (``validation_node_ids``, recorded since 2026-12-06, so pipelines shared on the Hub carry them too); ``None``
+    when neither names them.
+    """
+    for name, key in ((RUN_CONFIG_FILE, "validation_node_ids"), ("model_index.json", "validation_node_ids")):
+        path = Path(model_dir) / name
+        if path.is_file():
+            recorded = json.loads(path.read_text(encoding="utf-8")).get(key)
+            if recorded is not None:
+                return [str(n) for n in recorded], path
+    return None
+
+
 def training_split_note(dataset, model_dir: str | Path) -> str | None:
     """Why the baselines may draw from other train nodes than the pipeline in ``model_dir`` was trained on.
 
     ``None`` when :func:`with_training_split` can apply the training run's split: the dataset has its own
-    validation split, or the pipeline's folder has ``training_config.json``. Without that file (a pipeline
-    downloaded from the Hub, where it is not pushed) the validation nodes the model was trained without are
-    unknown, so the baselines draw from every training-side node.
+    validation split, or the pipeline's folder names the run's validation nodes (``training_config.json`` or
+    ``model_index.json``). Otherwise (a pipeline saved before they were recorded, downloaded without its
+    ``training_config.json``) they are unknown, so the baselines draw from every training-side node.
     """
-    if dataset.validation_node_ids or (Path(model_dir) / RUN_CONFIG_FILE).is_file():
+    if dataset.validation_node_ids or _recorded_validation_nodes(model_dir) is not None:
         return None
     return (
-        f"the validation nodes of the training run are unknown ({model_dir} has no {RUN_CONFIG_FILE}, e.g. a "
-        "pipeline downloaded from the Hub), so the baselines draw from every training-side node of the dataset, "
+        f"the validation nodes of the training run are unknown ({model_dir} names none: no {RUN_CONFIG_FILE} and "
+        "a pipeline saved before 2026-12-06), so the baselines draw from every training-side node of the dataset, "
         "including any validation nodes the model was trained without"
     )
 
@@ -386,10 +402,10 @@ def training_split_note(dataset, model_dir: str | Path) -> str | None:
 def with_training_split(dataset, model_dir: str | Path):
     """``dataset`` with the validation nodes that the pipeline in ``model_dir`` was trained without.
 
-    ``scripts/train.py`` holds validation nodes out of training and records them in ``training_config.json``;
-    applying them here makes the baselines draw from the same train nodes as the model. The dataset is returned
-    unchanged when it has its own validation split or the pipeline's folder names none; a warning
-    (:func:`training_split_note`) is logged when the folder has no ``training_config.json``.
+    ``scripts/train.py`` holds validation nodes out of training and records them in ``training_config.json`` and
+    the pipeline's config; applying them here makes the baselines draw from the same train nodes as the model.
+    The dataset is returned unchanged when it has its own validation split or the pipeline's folder names none; a
+    warning (:func:`training_split_note`) is logged when the folder cannot name them.
 
     Raises:
         ValueError: the recorded validation nodes are not training-side nodes of ``dataset`` (the data is not
@@ -398,12 +414,10 @@ def with_training_split(dataset, model_dir: str | Path):
     note = training_split_note(dataset, model_dir)
     if note is not None:
         logger.warning(note)
-    config = Path(model_dir) / RUN_CONFIG_FILE
-    if dataset.validation_node_ids or not config.is_file():
+    recorded = _recorded_validation_nodes(model_dir)
+    if dataset.validation_node_ids or recorded is None or not recorded[0]:
         return dataset
-    validation = [str(n) for n in json.loads(config.read_text(encoding="utf-8")).get("validation_node_ids") or []]
-    if not validation:
-        return dataset
+    validation, config = recorded
     unknown = sorted(set(validation) - set(dataset.node_ids))
     clashing = sorted(set(validation) & set(dataset.test_node_ids))
     if unknown or clashing:

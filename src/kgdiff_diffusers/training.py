@@ -262,6 +262,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         relation_names=kg.relation_names_with_inverse(),
         output_min=output_bounds(dataset),
         day_types=day_types,
+        validation_node_ids=list(dataset.validation_node_ids) or None,
     )
 
 

@@ -29,11 +29,12 @@ from ..schedulers.scheduling_kgdiff import KGDiffScheduler
 logger = logging.get_logger(__name__)
 
 NewNodes = Mapping[str, Sequence[tuple[str, str]]]
+COMPONENT_NAMES = ("unet", "condition_encoder", "scheduler", "meta_pattern", "donor_prior")
 # Config entries added after config digests existed, with the value a pipeline saved before them loads with:
 # left out of the digests at that value, so such pipelines still load.
 _ADDED_CONFIG_DEFAULTS = {
     "day_types": None, "num_day_types": 1, "start_strength": None, "level_exponent": None, "num_bank_days": 0,
-    "random_donor_share": None, "level_noise": None, "has_level_errors": False,
+    "random_donor_share": None, "level_noise": None, "has_level_errors": False, "validation_node_ids": None,
 }
 
 
@@ -108,6 +109,9 @@ class KGDiffPipeline(DiffusionPipeline):
         level_noise: ``lam``: each donor day's level is spread by a leave-one-out level error of the donor
             prior, scaled by ``lam`` (:meth:`KGDiffDonorPrior.donor_days`; chosen on validation nodes by
             training); ``None`` means 0.
+        validation_node_ids: the training-side nodes held out of training for validation (the end-of-training
+            choices above were made on them), so an evaluation draws its baselines from the same train nodes as
+            the model; ``None`` for pipelines saved before they were recorded or trained without validation.
         data_fingerprint: :func:`~kgdiff_diffusers.fingerprint.data_fingerprint` of the training data.
         config_sha256: ``{"model_index" | component: digest}`` of every config, written by
             :meth:`save_pretrained` and checked by :meth:`from_pretrained`.
@@ -144,6 +148,7 @@ class KGDiffPipeline(DiffusionPipeline):
         level_exponent: float | None = None,
         random_donor_share: float | None = None,
         level_noise: float | None = None,
+        validation_node_ids: list[str] | None = None,
     ):
         super().__init__()
         num_nodes = condition_encoder.config.num_nodes
@@ -152,6 +157,11 @@ class KGDiffPipeline(DiffusionPipeline):
             raise ValueError(f"{len(node_ids)} node_ids given but the condition encoder indexes {num_nodes} nodes")
         if len(set(node_ids)) != len(node_ids):
             raise ValueError("node_ids must be unique")
+        if validation_node_ids is not None:
+            validation_node_ids = [str(n) for n in validation_node_ids]
+            unknown = sorted(set(validation_node_ids) - set(node_ids))
+            if unknown:
+                raise ValueError(f"validation_node_ids {unknown[:5]} are not in node_ids")
         num_features = unet.config.num_features
         feature_names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(num_features)]
         feature_mean = [float(m) for m in (feature_mean if feature_mean is not None else [0.0] * num_features)]
@@ -242,6 +252,7 @@ class KGDiffPipeline(DiffusionPipeline):
             level_exponent=None if level_exponent is None else float(level_exponent),
             random_donor_share=None if random_donor_share is None else float(random_donor_share),
             level_noise=None if level_noise is None else float(level_noise),
+            validation_node_ids=validation_node_ids,
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
@@ -295,7 +306,7 @@ class KGDiffPipeline(DiffusionPipeline):
             return  # diffusers reports the broken file
         missing = [
             name for name, value in entries.items()
-            if isinstance(value, list) and len(value) == 2 and value[0] is not None and name not in passed
+            if name in COMPONENT_NAMES and name not in passed and isinstance(value, list) and value[0] is not None
             and not (Path(path) / name).is_dir()
         ]
         if missing:
