@@ -45,7 +45,8 @@ Layouts and example commands (data paths as in ../shared/data):
 An existing non-empty --output folder is only replaced with --overwrite (the new folder is written beside it
 and swapped in, so an interrupted run keeps the old one). Add --check to any command to print, per node,
 coverage, days kept and dropped (and why), zeros, negatives, sentinels, out-of-range values and the value
-range, without writing anything; it exits 1 on what preparation or training would stop at.
+range, builds the knowledge graph from the same inputs (no TuckER), writes nothing and exits 1 on what preparation
+or training would stop at. A node that reads one constant value throughout (a stuck sensor) is a warning line.
 """
 
 from __future__ import annotations
@@ -60,12 +61,14 @@ import numpy as np
 import pandas as pd
 
 from kgdiff_diffusers.data.checks import OUT_OF_RANGE_ACTIONS, OUTLIER_FACTOR, check_data
+from kgdiff_diffusers.data.days import MINUTES_PER_DAY
 from kgdiff_diffusers.data.loaders import (
     load_dcrnn_h5,
     load_flow_npz,
     load_long_table,
     load_wide_csv,
     read_distances_csv,
+    reading,
     require_file,
 )
 from kgdiff_diffusers.data.prepared import PreparedDataset, check_output_folder, prepare_dataset
@@ -101,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="only report per node what preparing would keep, drop and refuse; exit 1 on problems, write nothing",
+        help="only report per node what preparing would keep, drop and refuse and build the KG (no TuckER); "
+        "exit 1 on problems, write nothing",
     )
     parser.add_argument(
         "--name", help="dataset name stored in prepared.json (default: the output folder's name)"
@@ -195,6 +199,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     missing = [name for name in missing if getattr(args, name[2:]) is None]
     if missing:
         parser.error(f"--layout {args.layout} needs {' '.join(missing)}")
+    if args.interval_minutes is not None and not (
+        args.interval_minutes > 0 and MINUTES_PER_DAY % args.interval_minutes == 0
+    ):
+        parser.error(
+            f"--interval_minutes {args.interval_minutes} must be a positive number of minutes that divides a day "
+            "(e.g. 5, 10, 15, 30, 60); resample the data first"
+        )
     return args
 
 
@@ -254,10 +265,7 @@ def build_kg(args: argparse.Namespace, data: SpatioTemporalData) -> KnowledgeGra
             )
         adjacency = None
         if args.adjacency is not None:
-            adjacency = np.load(require_file(args.adjacency, "adjacency"), allow_pickle=False)
-            if args.layout == "flow-npz":  # rows follow graph_id; keep the areas that were loaded
-                rows = data.node_table["node_id"].astype(int).to_numpy()
-                adjacency = adjacency[np.ix_(rows, rows)]
+            adjacency = read_adjacency(args, data)
         return build_area_kg(
             data.node_table,
             triples_path=None if args.kg_triples is None else require_file(args.kg_triples, "KG triple"),
@@ -269,11 +277,40 @@ def build_kg(args: argparse.Namespace, data: SpatioTemporalData) -> KnowledgeGra
     return build_sensor_kg(
         data.node_table,
         distances=None if args.distances_csv is None else read_distances_csv(args.distances_csv),
-        station_meta=None
-        if args.station_meta is None
-        else pd.read_csv(require_file(args.station_meta, "station")),
-        osm_edges=None if args.osm_edges is None else pd.read_csv(require_file(args.osm_edges, "OSM edge")),
+        station_meta=None if args.station_meta is None else read_side_table(args.station_meta, "station metadata"),
+        osm_edges=None if args.osm_edges is None else read_side_table(args.osm_edges, "OSM edge"),
     )
+
+
+def read_side_table(path: Path, what: str) -> pd.DataFrame:
+    """A KG side table (station metadata, OSM edges) as read by ``pandas.read_csv``, errors naming the file."""
+    path = require_file(path, what)
+    with reading(path, f"{what} CSV"):
+        return pd.read_csv(path)
+
+
+def read_adjacency(args: argparse.Namespace, data: SpatioTemporalData) -> np.ndarray:
+    """``--adjacency`` in ``data``'s node order, after checking its shape."""
+    path = require_file(args.adjacency, "adjacency")
+    with reading(path, "adjacency .npy"):
+        adjacency = np.load(path, allow_pickle=False)
+    if not isinstance(adjacency, np.ndarray):
+        raise ValueError(f"--adjacency {path}: expected a single (N, N) .npy array, not an .npz archive")
+    if args.layout == "flow-npz":
+        # Rows follow graph_id over every area of --npz, including those --min_mean_flow dropped.
+        num_areas = data.num_nodes + len(data.load_report.get("nodes_dropped_low_flow", []))
+        order = f"one row and column per area of --npz ({num_areas}), in graph_id order"
+    else:
+        num_areas = data.num_nodes
+        order = f"one row and column per node ({num_areas}), in the data's node order"
+    if adjacency.shape != (num_areas, num_areas):
+        raise ValueError(
+            f"--adjacency {path} has shape {adjacency.shape}; expected ({num_areas}, {num_areas}): {order}"
+        )
+    if args.layout == "flow-npz":  # keep the areas that were loaded
+        rows = data.node_table["node_id"].astype(int).to_numpy()
+        adjacency = adjacency[np.ix_(rows, rows)]
+    return adjacency
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -292,9 +329,21 @@ def sampling_options(args: argparse.Namespace) -> dict:
 
 
 def run_check(args: argparse.Namespace) -> None:
-    """Prints the per-node report of :func:`check_data`; raises ``ValueError`` listing the problems."""
-    data, _ = load_data(args)
+    """Prints the per-node report of :func:`check_data` and builds the KG (no TuckER, nothing written).
+
+    Raises:
+        ValueError: listing the problems, the KG builder's among them.
+    """
+    data, kg = load_data(args)
     per_node, summary, problems = check_data(data, **sampling_options(args))
+    if kg is None:
+        try:
+            kg = build_kg(args, data)
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
+            problems.append(f"knowledge graph: {err}")
+    if kg is not None:
+        summary.append(f"knowledge graph: {kg.num_entities} entities, {kg.num_relations} relations, "
+                       f"{len(kg.triples)} triples")
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(per_node.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print("\n".join(summary))

@@ -312,3 +312,75 @@ def test_a_save_killed_between_the_renames_is_reported(tmp_path: Path, caplog) -
     with caplog.at_level("WARNING"):
         check_output_folder(tmp_path / "prepared")
     assert ".prepared.old-abc123 holds what" in caplog.text and "before an interrupted save" in caplog.text
+
+
+def write_wide_sensors(folder: Path, num_nodes: int = 4, days: int = 7) -> list[str]:
+    """A wide CSV of hourly speeds from Monday 2024-01-01 (``w.csv``) and its locations (``loc.csv``); the argv."""
+    rng = np.random.default_rng(0)
+    ids = [str(400 + i) for i in range(num_nodes)]
+    pd.DataFrame(rng.uniform(40, 70, size=(24 * days, num_nodes)), columns=ids).to_csv(folder / "w.csv", index=False)
+    lines = [f"{node_id},{34 + i / 50},{-118 - i / 50}" for i, node_id in enumerate(ids)]
+    (folder / "loc.csv").write_text("sensor_id,latitude,longitude\n" + "\n".join(lines) + "\n")
+    return ["--layout", "wide-csv", "--csv", str(folder / "w.csv"), "--locations", str(folder / "loc.csv"),
+            "--first_timestamp", "2024-01-01", "--interval_minutes", "60"]
+
+
+def test_check_agrees_with_preparation_on_coordinates_and_kg_inputs(tmp_path: Path, capsys) -> None:
+    script = load_script()
+    argv = write_wide_sensors(tmp_path)
+    assert script.main(argv + ["--check"]) is None
+    assert "knowledge graph: " in capsys.readouterr().out
+    swapped = tmp_path / "swapped.csv"
+    swapped.write_text("sensor_id,latitude,longitude\n" + "".join(
+        f"{400 + i},{-118 - i / 50},{34 + i / 50}\n" for i in range(4)))
+    swapped_argv = [str(swapped) if arg.endswith("loc.csv") else arg for arg in argv]
+    for check in (["--check"], ["--output", str(tmp_path / "out"), "--no_kg_embeddings"]):
+        with pytest.raises(ValueError, match=r"swapped.csv: lat of node '400' is -118, outside \[-90, 90\] degrees"):
+            script.main(swapped_argv + check)
+    np.save(tmp_path / "adj.npy", np.ones((3, 3)))
+    (tmp_path / "triples.tsv").write_text("garbage\n")
+    (tmp_path / "dist.csv").write_text("a,b\n1,2\n")
+    kg_inputs = {
+        "--adjacency": (
+            "adj.npy", r"--adjacency .*adj.npy has shape \(3, 3\); expected \(4, 4\): one row and column per node"
+        ),
+        "--kg_triples": ("triples.tsv", r".*triples.tsv: expected 3 tab-separated columns"),
+        "--distances_csv": ("dist.csv", r".*dist.csv: expected 3 columns \(from, to, cost\); found 2"),
+    }
+    for flag, (name, message) in kg_inputs.items():
+        with pytest.raises(ValueError, match=r"--check found 1 problem\(s\): knowledge graph: " + message):
+            script.main(argv + [flag, str(tmp_path / name), "--check"])
+        with pytest.raises(ValueError, match=message):
+            script.main(argv + [flag, str(tmp_path / name), "--output", str(tmp_path / "out"), "--no_kg_embeddings"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_flow_npz_adjacency_of_the_wrong_shape_names_the_flag(tmp_path: Path) -> None:
+    script = load_script()
+    np.savez(tmp_path / "f.npz", flow=np.ones((48 * 7, 2, 2)), start="2024-01-01", interval_minutes=30)
+    np.save(tmp_path / "adj.npy", np.ones((1, 1)))
+    argv = ["--layout", "flow-npz", "--npz", str(tmp_path / "f.npz"), "--zones", str(write_zones(tmp_path / "z.csv"))]
+    argv += ["--adjacency", str(tmp_path / "adj.npy"), "--output", str(tmp_path / "out"), "--no_kg_embeddings"]
+    with pytest.raises(ValueError, match=r"--adjacency .*adj.npy has shape \(1, 1\); expected \(2, 2\): one row and "
+                       r"column per area of --npz \(2\), in graph_id order"):
+        script.main(argv)
+
+
+def test_zero_interval_is_refused_by_the_script(tmp_path: Path, capsys) -> None:
+    script = load_script()
+    argv = write_wide_sensors(tmp_path)
+    with pytest.raises(SystemExit):
+        script.parse_args(argv[:-1] + ["0", "--check"])
+    assert "--interval_minutes 0 must be a positive number of minutes that divides a day" in capsys.readouterr().err
+
+
+def test_check_warns_about_a_stuck_sensor(tmp_path: Path, capsys) -> None:
+    script = load_script()
+    argv = write_wide_sensors(tmp_path)
+    frame = pd.read_csv(tmp_path / "w.csv")
+    frame["401"] = 55.0
+    frame.to_csv(tmp_path / "w.csv", index=False)
+    assert script.main(argv + ["--check"]) is None
+    out = capsys.readouterr().out
+    assert "warning: 1 node(s) read one constant value throughout (a stuck sensor?): ['401']" in out
+    assert "check passed" in out

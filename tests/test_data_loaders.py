@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -354,3 +355,50 @@ def test_pems_bay_16_full_half_year() -> None:
     days, day_mask, dates, report = make_day_samples(data)
     assert days.shape == (16, 130, 288, 1) and day_mask.all() and dates[-1] == "2017-06-30"
     assert report["values_interpolated"] == 16
+
+
+def test_coordinates_outside_degrees_are_refused_where_the_node_table_is_read(tmp_path: Path) -> None:
+    swapped = tmp_path / "swapped.csv"
+    swapped.write_text("sensor_id,latitude,longitude\n1,-118.3,34.1\n2,-118.2,34.2\n")
+    with pytest.raises(
+        ValueError,
+        match=r"swapped.csv: lat of node '1' is -118.3, outside \[-90, 90\] degrees \(2 node\(s\)\); are the "
+        r"latitude and longitude columns swapped\?",
+    ):
+        read_node_table(swapped)
+    far = tmp_path / "far.csv"
+    far.write_text("node_id,lat,lon\na,34.0,-118.0\nb,34.1,200.0\n")
+    with pytest.raises(ValueError, match=r"far.csv: lon of node 'b' is 200, outside \[-180, 180\] degrees"):
+        read_node_table(far)
+
+
+def test_wide_csv_duplicate_header_and_zero_interval(tmp_path: Path) -> None:
+    locations = write_locations(tmp_path / "loc.csv", ["1", "2"])
+    repeated = write_wide(tmp_path / "dup.csv", ["1", "1", "2"], [["5", "6", "7"]])
+    with pytest.raises(ValueError, match=r"dup.csv: the header names column\(s\) \['1'\] more than once"):
+        load_wide_csv(repeated, locations, "2024-01-01", 5)
+    wide = write_wide(tmp_path / "w.csv", ["1", "2"], [["5", "6"], ["7", "8"]])
+    for interval in (0, -5, 7):
+        with pytest.raises(ValueError, match=rf"w.csv: interval_minutes={interval} must be a whole number"):
+            load_wide_csv(wide, locations, "2024-01-01", interval)
+
+
+@pytest.mark.parametrize("character, name", [("\t", "a tab"), ("\n", "a newline"), ("\r", "a carriage return")])
+def test_node_ids_with_tabs_or_line_breaks_are_refused(tmp_path: Path, character: str, name: str) -> None:
+    bad_id = f"s{character}3"
+    quoted = '"' + bad_id + '"'
+    locations = tmp_path / "loc.csv"
+    locations.write_text(f"sensor_id,latitude,longitude\n{quoted},34.0,-118.0\nb,34.1,-118.1\n")
+    wide = tmp_path / "w.csv"
+    wide.write_text(f"{quoted},b\n5,6\n7,8\n")
+    message = re.escape(f"node id {bad_id!r} contains {name}")
+    with pytest.raises(ValueError, match=r"w.csv: " + message):
+        load_wide_csv(wide, locations, "2024-01-01", 5)
+    table = tmp_path / "long.csv"
+    table.write_text(f"timestamp,node_id,speed\n2024-01-01 00:00,{quoted},5\n2024-01-01 00:00,b,6\n")
+    with pytest.raises(ValueError, match=r"long.csv: " + message):
+        load_long_table(table, locations)
+    nodes = pd.DataFrame({"node_id": ["a"], "lat": [34.0], "lon": [-118.0], "entity": [f"Sensor/{bad_id}"]})
+    with pytest.raises(ValueError, match=r"node_table: entity .* contains " + name):
+        SpatioTemporalData(np.zeros((1, 2, 1)), pd.date_range("2024-01-01", periods=2, freq="5min"), nodes,
+                           ["speed"], 5, False)

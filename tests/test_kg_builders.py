@@ -311,3 +311,10 @@ def test_nyc_kg_from_uukg_triples_maps_every_zone(shared_data):
     assert ("Area/planned", "ANA", "Area/230") in triples
     assert ("Area/planned", "ALB", "Borough/Manhattan") in triples
     assert ("POI/p", "PHPC", "PC/Cate1_18") in triples
+
+
+def test_kg_with_a_tab_in_a_name_is_not_saved(tmp_path):
+    kg = KnowledgeGraph.from_triples([("Sensor/s\t3", "SNS_1km", "Sensor/b")])
+    with pytest.raises(ValueError, match=r"entity 'Sensor/s\\t3' contains a tab or line break"):
+        kg.save(tmp_path / "kg")
+    assert not (tmp_path / "kg").exists()

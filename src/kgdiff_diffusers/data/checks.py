@@ -197,5 +197,13 @@ def check_data(
     only_zeros = per_node.loc[(readings > 0) & (per_node["zeros"] == readings), "node_id"].tolist()
     if only_zeros:
         summary.append(f"{len(only_zeros)} node(s) read only 0 (no activity, or 0 = no reading?): {only_zeros[:5]}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nodes without any reading: NaN
+        constant = (np.nanmax(data.values, axis=1) == np.nanmin(data.values, axis=1)).all(axis=-1)
+    stuck = per_node.loc[constant & (readings > 1) & (per_node["zeros"] < readings), "node_id"].tolist()
+    if stuck:
+        summary.append(
+            f"warning: {len(stuck)} node(s) read one constant value throughout (a stuck sensor?): {stuck[:5]}"
+        )
     first = ["node_id"] + (["split"] if "split" in per_node else []) + ["coverage", "days_kept"]
     return per_node[first + [c for c in per_node.columns if c not in first]], summary, problems

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .days import MINUTES_PER_DAY
-from .series import SpatioTemporalData
+from .series import SpatioTemporalData, check_node_ids
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +150,26 @@ def read_node_table(path: PathLike, id_column: str | None = None) -> pd.DataFram
                 "not a finite number"
             )
         table[column] = numeric.astype(np.float64)
+    _check_degrees(table, path)
     duplicated = table["node_id"][table["node_id"].duplicated()]
     if len(duplicated):
         raise ValueError(f"{path}: node ids listed more than once: {duplicated.tolist()[:5]}")
     _check_coordinates(table, path)
     return table.reset_index(drop=True)
+
+
+def _check_degrees(table: pd.DataFrame, path: str) -> None:
+    """Refuses latitudes outside [-90, 90] and longitudes outside [-180, 180], as the KG builders would."""
+    for column, limit in (("lat", 90.0), ("lon", 180.0)):
+        outside = (table[column].abs() > limit).to_numpy()
+        if outside.any():
+            row = int(np.flatnonzero(outside)[0])
+            swapped = (table["lat"].abs() > 90).any() and (table["lon"].abs() <= 90).all()
+            raise ValueError(
+                f"{path}: {column} of node {table['node_id'].iloc[row]!r} is {table[column].iloc[row]:g}, outside "
+                f"[-{limit:g}, {limit:g}] degrees ({int(outside.sum())} node(s))"
+                + ("; are the latitude and longitude columns swapped?" if swapped else "")
+            )
 
 
 def _check_coordinates(table: pd.DataFrame, path: str) -> None:
@@ -183,6 +198,10 @@ def _match_nodes(
     strict_locations: bool,
 ) -> pd.DataFrame:
     """The rows of ``locations`` for ``data_ids``, in that order; checks both directions."""
+    check_node_ids(data_ids, data_path)
+    repeated = pd.Index(data_ids)[pd.Index(data_ids).duplicated()].unique().tolist()
+    if repeated:
+        raise ValueError(f"{data_path}: node id(s) {repeated[:5]} appear more than once; each node needs one id")
     known = set(locations["node_id"])
     without_coordinates = [node_id for node_id in data_ids if node_id not in known]
     if without_coordinates:
@@ -444,10 +463,20 @@ def load_wide_csv(
     """
     path = require_file(csv_path, "wide CSV")
     locations_path = require_file(locations_csv, "sensor location")
+    interval_minutes = check_interval(interval_minutes, path)
     with reading(path, "wide CSV"):
         frame = pd.read_csv(path, dtype=str)
+        # pandas renames a repeated header "a" to "a.1"; read the header row as written to catch it.
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
     if frame.empty:
         raise ValueError(f"{path} has no data rows")
+    stripped = pd.Series([str(name).strip() for name in header])
+    repeated = stripped[stripped.duplicated()].unique().tolist()
+    if repeated:
+        raise ValueError(
+            f"{path}: the header names column(s) {repeated[:5]} more than once; each column must be a "
+            "different node id"
+        )
     columns = [str(column).strip() for column in frame.columns]
     if columns and columns[0].lower() in ("timestamp", "time", "date", "datetime", "unnamed: 0"):
         raise ValueError(

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 NODE_TABLE_COLUMNS = ("node_id", "lat", "lon", "entity")
+# The prepared folder's KG files are tab-separated lines, so these can never be part of a node id or entity.
+FORBIDDEN_ID_CHARACTERS = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return"}
+
+
+def check_node_ids(ids: Iterable[object], where: str, what: str = "node id") -> None:
+    """Raises ``ValueError`` naming the first id (node id or KG entity) that holds a tab or line break.
+
+    Args:
+        ids: the ids to check.
+        where: where they come from (a file, ``"node_table"``), named in the error.
+        what: what they are, named in the error (``"node id"``, ``"entity"``).
+    """
+    for node_id in ids:
+        text = str(node_id)
+        for character, name in FORBIDDEN_ID_CHARACTERS.items():
+            if character in text:
+                raise ValueError(
+                    f"{where}: {what} {text!r} contains {name} ({character!r}); ids are written to tab- and "
+                    "line-separated KG files, so rename the node"
+                )
 
 
 @dataclass
@@ -48,6 +69,8 @@ class SpatioTemporalData:
             raise ValueError(f"node_table lacks the column(s) {missing}; it needs {list(NODE_TABLE_COLUMNS)}")
         if len(self.node_table) != num_nodes:
             raise ValueError(f"node_table has {len(self.node_table)} rows but values has {num_nodes} nodes")
+        check_node_ids(self.node_table["node_id"], "node_table")
+        check_node_ids(self.node_table["entity"], "node_table", "entity")
         if self.node_table["node_id"].duplicated().any():
             duplicated = self.node_table["node_id"][self.node_table["node_id"].duplicated()].tolist()
             raise ValueError(f"node_table repeats node ids {duplicated[:5]}")

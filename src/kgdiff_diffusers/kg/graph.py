@@ -131,6 +131,13 @@ class KnowledgeGraph:
 
     def save(self, folder: str | os.PathLike) -> None:
         """Writes ``triples.tsv`` (head, relation, tail names) and UUKG-style ``name<TAB>id`` maps."""
+        for kind, names in (("entity", self.entities), ("relation", self.relations)):
+            unreadable = next((name for name in names if any(c in name for c in "\t\n\r")), None)
+            if unreadable is not None:
+                raise ValueError(
+                    f"cannot save the knowledge graph: {kind} {unreadable!r} contains a tab or line break, "
+                    "which the tab-separated KG files cannot hold; rename it"
+                )
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, TRIPLES_FILE), "w", encoding="utf-8") as f:
             for h, r, t in self.triples:
