@@ -45,6 +45,8 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from kgdiff_diffusers.checkpointing import (
+    CHECKPOINT_PREFIX,
+    COMPLETE_FILE,
     RUN_CONFIG_FILE,
     checkpoint_step,
     differing_settings,
@@ -52,6 +54,7 @@ from kgdiff_diffusers.checkpointing import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 from kgdiff_diffusers.data.days import split_validation_nodes
 from kgdiff_diffusers.data.prepared import EMBEDDINGS_FILE, PreparedDataset, prepare_dataset
@@ -65,7 +68,7 @@ from kgdiff_diffusers.evaluation import (
     markdown_table,
     write_report,
 )
-from kgdiff_diffusers.fingerprint import data_fingerprint
+from kgdiff_diffusers.fingerprint import data_fingerprint, kg_digest, training_data_digest
 from kgdiff_diffusers.hub import push_pipeline
 from kgdiff_diffusers.kg.tucker import (
     DEFAULT_TUCKER_EPOCHS,
@@ -103,6 +106,10 @@ PRESETS = {
     },
 }
 VALIDATION_FILE = "validation.json"
+# What produced OUTPUT/kg_embeddings.safetensors (KG digest, TuckER flags): other flags pretrain them again.
+EMBEDDINGS_REQUEST_FILE = "kg_embeddings_request.json"
+# AdamW's first step is learning_rate / (1 - 0.9); far above this it overflows float32.
+MAX_LEARNING_RATE = 1e12
 VALIDATION_METRICS = ("crps", "mae", "rmse", "mmd_fixed_bandwidth", "mmd", "jsd")
 
 
@@ -183,7 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--ema_decay", type=float, default=0.999, help="EMA max decay (0 disables EMA)")
     train.add_argument("--checkpointing_steps", type=int, default=500)
     train.add_argument("--checkpoints_total_limit", type=int, help="keep at most this many checkpoints")
-    train.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
+    train.add_argument("--resume_from_checkpoint",
+                       help="'latest', a checkpoint folder, or a checkpoint-N name in OUTPUT/checkpoints")
     train.add_argument("--dataloader_num_workers", type=int, default=0)
     val = parser.add_argument_group("validation and output")
     val.add_argument("--validation_steps", type=int, default=500, help="validate on validation nodes every N steps")
@@ -253,14 +261,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "--no_meta_pattern (which train without the donor prior)")
     if not 0.0 <= args.validation_fraction < 1.0:
         parser.error(f"--validation_fraction must be in [0, 1), got {args.validation_fraction}")
-    if not args.learning_rate > 0:
-        parser.error(f"--learning_rate must be > 0, got {args.learning_rate}")
     if (args.delay_window is None) != (args.delay_stride is None):
         parser.error("--delay_window and --delay_stride go together: give both, or neither for the automatic choice")
     for name in ("learning_rate", "adam_weight_decay", "max_grad_norm", "ema_decay", "meta_pattern_weight"):
         if not math.isfinite(getattr(args, name)):
             parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
+    check_numeric_flags(parser, args)
+    check_output_dir_is_not_the_dataset(parser, args)
     return args
+
+
+def check_numeric_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses flag values that would crash or silently break training only after it started."""
+    if not 0 < args.learning_rate <= MAX_LEARNING_RATE:
+        parser.error(f"--learning_rate must be in (0, {MAX_LEARNING_RATE:g}], got {args.learning_rate} (a larger one "
+                     "overflows AdamW's float32 steps; useful values are about 1e-5 to 1e-2)")
+    if args.num_donors is not None and args.num_donors < 1:
+        parser.error(f"--num_donors must be >= 1, got {args.num_donors}")
+    if args.meta_pattern_weight < 0:
+        parser.error(f"--meta_pattern_weight must be >= 0 (a negative weight rewards a worse f), got "
+                     f"{args.meta_pattern_weight}")
+    if not args.max_grad_norm > 0:
+        parser.error(f"--max_grad_norm must be > 0 (gradients are clipped to this norm: 0 stops training), got "
+                     f"{args.max_grad_norm}")
+    if args.adam_weight_decay < 0:
+        parser.error(f"--adam_weight_decay must be >= 0, got {args.adam_weight_decay}")
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f"--ema_decay must be in [0, 1) (0 disables EMA), got {args.ema_decay}")
+    for name in ("validation_max_days", "final_inference_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    timesteps = args.num_train_timesteps
+    if timesteps is not None and timesteps < 1:
+        parser.error(f"--num_train_timesteps must be >= 1, got {timesteps}")
+    timesteps = timesteps or KGDiffModelConfig.num_train_timesteps
+    used = ["validation_inference_steps"] + (["final_inference_steps"] if args.final_evaluation else [])
+    for name in used:
+        if getattr(args, name) > timesteps:
+            parser.error(f"--{name} {getattr(args, name)} is more than the {timesteps} diffusion steps the model is "
+                         f"trained with (--num_train_timesteps, or its preset): give --{name} <= {timesteps}")
+
+
+def check_output_dir_is_not_the_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses an --output_dir that is, holds or lies inside the --dataset folder: a run would write (and
+    --overwrite_output_dir delete) files of the prepared dataset."""
+    if args.dataset == "synthetic-city":
+        return
+    dataset, output = Path(args.dataset).resolve(), args.output_dir.resolve()
+    if output == dataset or dataset in output.parents or output in dataset.parents:
+        where = "is" if output == dataset else "is inside" if dataset in output.parents else "contains"
+        parser.error(f"--output_dir {args.output_dir} {where} the --dataset folder {args.dataset}: the run would "
+                     "write into (and --overwrite_output_dir delete from) the prepared dataset; choose an "
+                     "--output_dir outside it")
 
 
 def model_config(args: argparse.Namespace) -> KGDiffModelConfig:
@@ -323,8 +375,17 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
         )
     dataset = PreparedDataset.load(args.dataset)
     if dataset.entity_embeddings is None:
-        embeddings_file = args.output_dir / "kg_embeddings.safetensors"
-        if accelerator.is_main_process and not embeddings_file.is_file():
+        embeddings_file = args.output_dir / EMBEDDINGS_FILE
+        request_file = args.output_dir / EMBEDDINGS_REQUEST_FILE
+        request = {"kg": kg_digest(dataset.kg), "embedding_dim": args.embedding_dim,
+                   "tucker_epochs": args.tucker_epochs, "tucker_max_seconds": args.tucker_max_seconds}
+        cached = embeddings_file.is_file() and request_file.is_file() and read_json(request_file) == request
+        if accelerator.is_main_process and not cached:
+            if embeddings_file.is_file():
+                logger.warning(f"{embeddings_file} was pretrained for another KG or other --embedding_dim / "
+                               "--tucker_epochs / --tucker_max_seconds (or by an older version): pretraining again")
+                embeddings_file.unlink()
+            request_file.unlink(missing_ok=True)
             logger.info(f"{args.dataset} has no KG embeddings: pretraining TuckER (d={args.embedding_dim})")
             result = pretrain_tucker(
                 dataset.kg,
@@ -333,9 +394,18 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
                 max_seconds=args.tucker_max_seconds,
             )
             save_kg_embeddings(embeddings_file, result.entity_embeddings, result.relation_embeddings)
+            request_file.write_text(json.dumps(request))  # last: a kill before it leaves no valid cache
         accelerator.wait_for_everyone()
         dataset.entity_embeddings, dataset.relation_embeddings = load_kg_embeddings(embeddings_file)
     return dataset
+
+
+def read_json(path: Path) -> object:
+    """A JSON file's content, or ``None`` when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
 
 
 def check_output_dir(args: argparse.Namespace, checkpoint: Path | None) -> None:
@@ -362,8 +432,8 @@ def clear_earlier_run(args: argparse.Namespace) -> None:
     output = args.output_dir
     index = output / "model_index.json"
     components = [k for k, v in json.loads(index.read_text()).items() if isinstance(v, list)] if index.is_file() else []
-    names = [*components, index.name, "checkpoints", "logs", "data", EMBEDDINGS_FILE, RUN_CONFIG_FILE,
-             VALIDATION_FILE, METRICS_FILE, REPORT_FILE, *PICTURES]
+    names = [*components, index.name, "checkpoints", "logs", "data", EMBEDDINGS_FILE, EMBEDDINGS_REQUEST_FILE,
+             RUN_CONFIG_FILE, VALIDATION_FILE, METRICS_FILE, REPORT_FILE, *PICTURES]
     dataset = Path(args.dataset).resolve()
     removed = []
     for name in names:
@@ -381,13 +451,7 @@ def resolve_checkpoint(args: argparse.Namespace, checkpoint_dir: Path) -> Path |
     if not args.resume_from_checkpoint:
         return None
     if args.resume_from_checkpoint != "latest":
-        path = Path(args.resume_from_checkpoint)
-        if path not in list_checkpoints(path.parent):
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint {path} is not a complete checkpoint-N folder (checkpoint_complete.json "
-                "is written last: without it, the save was interrupted)"
-            )
-        return path
+        return resolve_named_checkpoint(args.resume_from_checkpoint, checkpoint_dir)
     complete, incomplete = list_checkpoints(checkpoint_dir), incomplete_checkpoints(checkpoint_dir)
     newer = [p.name for p in incomplete if not complete or checkpoint_step(p) > checkpoint_step(complete[-1])]
     if newer:
@@ -402,6 +466,38 @@ def resolve_checkpoint(args: argparse.Namespace, checkpoint_dir: Path) -> Path |
         )
     logger.info(f"no checkpoint in {checkpoint_dir}: starting a new run")
     return None
+
+
+def resolve_named_checkpoint(name: str, checkpoint_dir: Path) -> Path:
+    """``--resume_from_checkpoint PATH``: a folder, or a bare ``checkpoint-N`` name in ``OUTPUT/checkpoints``.
+
+    Refuses a checkpoint with later ones after it: the resumed run would overwrite them one by one, and until
+    then ``latest`` would pick a checkpoint of the abandoned run.
+    """
+    path = Path(name)
+    if not path.exists() and len(path.parts) == 1:
+        path = checkpoint_dir / name
+    if not path.is_dir():
+        available = ", ".join(p.name for p in list_checkpoints(checkpoint_dir)) or "none"
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {name}: {path} does not exist (complete checkpoints in {checkpoint_dir}: "
+            f"{available})"
+        )
+    if not path.name.startswith(CHECKPOINT_PREFIX) or not path.name[len(CHECKPOINT_PREFIX) :].isdigit():
+        raise FileNotFoundError(f"--resume_from_checkpoint {name}: {path} is not a checkpoint-N folder")
+    if path not in list_checkpoints(path.parent):
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {name}: {path} is not a complete checkpoint ({COMPLETE_FILE} is written "
+            "last: without it, the save was interrupted)"
+        )
+    later = [p.name for p in list_checkpoints(path.parent) if checkpoint_step(p) > checkpoint_step(path)]
+    if later:
+        raise FileExistsError(
+            f"--resume_from_checkpoint {name}: {path.parent} holds later checkpoints ({', '.join(later)}) of the run "
+            "being rolled back; the resumed run would overwrite them and, until then, 'latest' would pick them. "
+            "Move or delete them first, or resume from the latest one"
+        )
+    return path
 
 
 # Flags a resumed run may change: where and how often it checkpoints, validates and reports, and when it stops.
@@ -457,6 +553,16 @@ def check_resumed_data(run_config: dict, checkpoint: Path) -> None:
             f"({RUN_CONFIG_FILE} there); the data, the model or the processes changed since. Resume as it ran, or "
             "start a new run in another --output_dir"
         )
+    if "data_digest" not in stored:
+        logger.warning(f"{checkpoint} was saved before runs recorded a digest of their days: cannot check that the "
+                       f"days, dates and normalisation of --dataset {run_config['dataset']} are those it trained on")
+    elif stored["data_digest"] != run_config["data_digest"]:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: the data of --dataset {run_config['dataset']} changed since the "
+            "run started (same node ids and KG, but other days, dates or normalisation statistics: data digest "
+            f"{stored['data_digest']} in its {RUN_CONFIG_FILE}, {run_config['data_digest']} now). Resume with the "
+            "data it started on, or start a new run in another --output_dir"
+        )
     rounding = differing_settings(stored, run_config, ignore=set(run_config) - {"num_threads", "device"})
     if rounding:
         logger.warning(
@@ -497,6 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     checkpoint = resolve_checkpoint(args, checkpoint_dir)
     if checkpoint is not None:
+        verify_checkpoint(checkpoint)
         check_resumed_settings(args, checkpoint)
     if accelerator.is_main_process:
         check_output_dir(args, checkpoint)
@@ -522,6 +629,8 @@ def main(argv: list[str] | None = None) -> None:
         "train_node_ids": dataset.train_node_ids,
         "validation_node_ids": dataset.validation_node_ids,
         "test_node_ids": dataset.test_node_ids,
+        "data_digest": training_data_digest(dataset.days, dataset.day_mask, dataset.dates, dataset.feature_names,
+                                            dataset.feature_mean, dataset.feature_std),
         "day_types": pipe.config.day_types,
         "num_processes": accelerator.num_processes,
         "num_threads": torch.get_num_threads(),
@@ -571,6 +680,13 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.init_trackers(
             "kgdiff", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         )
+    validated = {entry["step"] for entry in history}
+    if checkpoint is not None and dataset.validation_node_ids and global_step % args.validation_steps == 0 and (
+        global_step not in validated
+    ):
+        # a checkpoint saved before its validation ran (an older version, or another --validation_steps)
+        logger.info(f"validation.json has no score for step {global_step}: validating the resumed weights")
+        run_validation(accelerator, pipe, dataset, args, ema, trainable, global_step, history)
 
     progress = tqdm(
         range(args.max_train_steps), initial=global_step, desc="training", disable=not accelerator.is_local_main_process
@@ -624,14 +740,16 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
                 accelerator.log(logs, step=global_step)
+                # Validation first: a kill between the two then leaves no checkpoint whose score is lost (the
+                # resumed run repeats this step), and the checkpoint's RNG states follow the validation's.
+                if global_step % args.validation_steps == 0:
+                    run_validation(accelerator, pipe, dataset, args, ema, trainable, global_step, history)
                 if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
                     check_finite_weights(modules, global_step)
                     save_checkpoint(
                         accelerator, checkpoint_dir, global_step, ema, noise_generator, run_config,
                         args.checkpoints_total_limit,
                     )
-                if global_step % args.validation_steps == 0:
-                    run_validation(accelerator, pipe, dataset, args, ema, trainable, global_step, history)
                 if global_step >= args.max_train_steps:
                     break
             epoch += 1

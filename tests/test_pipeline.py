@@ -245,12 +245,20 @@ def test_every_sampler_runs_the_full_chain(tiny_pipeline, sampler):
     assert np.isfinite(generate(tiny_pipeline, node_ids=["node0"], num_inference_steps=50).series).all()
 
 
-def test_a_ddim_chain_that_would_start_far_below_the_noise_level_is_refused(tiny_pipeline):
+def test_a_ddim_chain_that_starts_below_the_top_starts_from_that_step_s_noise(tiny_pipeline):
+    """DDIM's leading spacing starts 40 of 50 steps at t = 39: pure noise there has the std of step 39."""
     tiny_pipeline.scheduler = make_sampler("ddim", tiny_pipeline.scheduler.config)
-    with pytest.raises(ValueError, match=r"starts 40 steps at t = 39 of 50, but sampling starts from pure noise.*"
-                       r"divides 50 \(e.g. \[5, 10, 25\]\)"):
-        generate(tiny_pipeline, node_ids=["node0"], num_inference_steps=40)
-    assert np.isfinite(generate(tiny_pipeline, node_ids=["node0"], num_inference_steps=25).series).all()
+    starts = []
+    predict = tiny_pipeline._predict_noise
+    tiny_pipeline._predict_noise = lambda sample, *args: starts.append(sample.clone()) or predict(sample, *args)
+    generate(tiny_pipeline, node_ids=["node0"], num_samples=64, num_inference_steps=40)
+    abar = tiny_pipeline.scheduler.alphas_cumprod
+    assert int(tiny_pipeline.scheduler.timesteps[0]) == 39
+    noise = starts[0] - starts[0].mean(dim=0)  # the same node's 64 days share the drift towards f
+    torch.testing.assert_close(noise.std(), (1 - abar[39]).sqrt(), rtol=0.03, atol=0.0)
+    for steps in (25, 50):  # chains that start at the top keep diffusers' unit-std start
+        tiny_pipeline.scheduler.set_timesteps(steps)
+        assert tiny_pipeline._start_noise_scale() == 1.0
 
 
 @pytest.mark.parametrize(

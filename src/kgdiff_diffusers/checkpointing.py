@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -31,6 +32,10 @@ PARTIAL_PREFIX = "partial-"
 COMPLETE_FILE = "checkpoint_complete.json"
 RUN_CONFIG_FILE = "training_config.json"
 EMA_FILE = "ema.safetensors"
+
+
+class CorruptCheckpointError(ValueError):
+    """A complete checkpoint whose files cannot be read (truncated, overwritten, edited)."""
 
 
 def checkpoint_step(path: Path) -> int:
@@ -99,15 +104,68 @@ def save_checkpoint(
     return final
 
 
+def _corrupt(path: Path, name: str, problem: str) -> CorruptCheckpointError:
+    earlier = [p for p in list_checkpoints(path.parent) if checkpoint_step(p) < checkpoint_step(path)]
+    advice = (
+        f"resume from an earlier checkpoint: move {path.name} out of {path.parent}, then --resume_from_checkpoint "
+        f"latest takes {earlier[-1].name}"
+        if earlier
+        else f"there is no earlier complete checkpoint in {path.parent}: start over with --overwrite_output_dir"
+    )
+    return CorruptCheckpointError(f"checkpoint {path} is corrupt: {name} {problem}; {advice}")
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Checks that every file of a complete checkpoint can be read, without loading (or unpickling) its states.
+
+    JSON files must parse, safetensors files must have a header that covers the whole file, and the files
+    ``torch.save`` wrote (``*.bin``, ``*.pkl``) must be intact zip archives (their CRCs are checked).
+
+    Raises:
+        CorruptCheckpointError: naming the checkpoint, the file and the earlier checkpoint to resume from.
+    """
+    path = Path(path)
+    for file in sorted(path.iterdir()):
+        if not file.is_file() or file.name.startswith("custom_checkpoint_"):
+            continue  # custom states: Accelerate refuses them itself (this package registers none)
+        try:
+            if file.suffix == ".json":
+                json.loads(file.read_text())
+            elif file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt") as f:
+                    f.keys()
+            elif file.suffix in (".bin", ".pkl"):
+                if not zipfile.is_zipfile(file):
+                    raise _corrupt(path, file.name, "is not a file torch.save wrote (not a zip archive)")
+                with zipfile.ZipFile(file) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise _corrupt(path, file.name, f"has a damaged entry ({bad})")
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise _corrupt(path, file.name, f"is not valid JSON ({err})") from None
+        except SafetensorError as err:
+            raise _corrupt(path, file.name, f"is not a readable safetensors file ({err})") from None
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise _corrupt(path, file.name, f"cannot be read ({err})") from None
+
+
 def load_checkpoint(accelerator: Accelerator, path: Path, ema: EMAModel | None, generator: torch.Generator) -> int:
-    """Restores a complete checkpoint into the prepared objects, ``ema`` and ``generator``; returns its step."""
+    """Restores a complete checkpoint into the prepared objects, ``ema`` and ``generator``; returns its step.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a complete checkpoint.
+        CorruptCheckpointError: one of its files cannot be read (named, with the earlier checkpoint to use).
+    """
     path = Path(path)
     if not (path / COMPLETE_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_FILE}: its save was interrupted)")
+    verify_checkpoint(path)
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, KeyError, FileNotFoundError) as err:
         raise ValueError(f"cannot restore {path}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # e.g. an intact archive with content the weights-only unpickler refuses
+        raise _corrupt(path, "its Accelerate state", f"cannot be restored ({type(err).__name__})") from None
     generator.set_state(load_file(path / _generator_file(accelerator.process_index))["state"])
     if ema is not None:
         if not (path / EMA_FILE).is_file():

@@ -4,6 +4,9 @@
   ``scripts/train.py`` stores it in the pipeline (``data_fingerprint`` in ``model_index.json``) and
   ``scripts/evaluate.py`` / ``scripts/generate.py`` compare it with their ``--data`` folder
   (:func:`check_data_fingerprint`).
+- :func:`training_data_digest` digests the days themselves (values, masks, dates, normalisation); a training
+  run records it in ``training_config.json`` so that resuming refuses data changed since the run started.
+- :func:`kg_digest` digests a KG; it keys TuckER embeddings cached for a dataset that has none.
 - :func:`config_digest` digests one config (a component's, or the pipeline's own entries); the pipeline
   records one per component when it is saved and compares them when it is loaded.
 """
@@ -13,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .kg.graph import KnowledgeGraph
@@ -34,6 +38,31 @@ def config_digest(config: Mapping) -> str:
     return _digest(json.dumps(public, sort_keys=True, default=list).encode())
 
 
+def kg_digest(kg: KnowledgeGraph) -> str:
+    """Digest of a KG's entity and relation names and its triples."""
+    names = json.dumps([kg.entities, kg.relations]).encode()
+    return _digest(names + kg.triples.astype("<i8").tobytes())
+
+
+def training_data_digest(
+    days: np.ndarray,
+    day_mask: np.ndarray,
+    dates: Sequence[str],
+    feature_names: Sequence[str],
+    feature_mean: np.ndarray,
+    feature_std: np.ndarray,
+) -> str:
+    """Digest of a dataset's day values (N, S, T, D), day mask, dates, feature names and normalisation statistics.
+
+    Two folders with the same node ids and KG but other days, dates or statistics get different digests.
+    """
+    hasher = hashlib.sha256()
+    hasher.update(json.dumps([list(dates), list(feature_names), list(np.shape(days))]).encode())
+    for array, dtype in ((days, "<f4"), (day_mask, "?"), (feature_mean, "<f4"), (feature_std, "<f4")):
+        hasher.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    return hasher.hexdigest()[:DIGEST_LENGTH]
+
+
 def data_fingerprint(node_table: pd.DataFrame, kg: KnowledgeGraph, name: str | None = None) -> dict:
     """``{"dataset", "num_nodes", "num_test_nodes", "node_ids", "test_node_ids", "kg"}`` of a prepared dataset.
 
@@ -43,14 +72,13 @@ def data_fingerprint(node_table: pd.DataFrame, kg: KnowledgeGraph, name: str | N
     """
     node_ids = node_table["node_id"].astype(str).tolist()
     test_ids = sorted(node_table.loc[node_table["split"] == "test", "node_id"].astype(str))
-    names = json.dumps([kg.entities, kg.relations]).encode()
     return {
         "dataset": name,
         "num_nodes": len(node_ids),
         "num_test_nodes": len(test_ids),
         "node_ids": _digest(json.dumps(node_ids).encode()),
         "test_node_ids": _digest(json.dumps(test_ids).encode()),
-        "kg": _digest(names + kg.triples.astype("<i8").tobytes()),
+        "kg": kg_digest(kg),
     }
 
 

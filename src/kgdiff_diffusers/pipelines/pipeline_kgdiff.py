@@ -609,22 +609,20 @@ class KGDiffPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} days (nodes x num_samples)")
 
-    def _check_chain_starts_at_noise(self, num_inference_steps: int) -> None:
-        """``ValueError`` when the sampler's first timestep lies more than one stride below the last training step.
+    def _start_noise_scale(self) -> float:
+        """Std of the pure-noise start at the first timestep of the scheduler's current chain: ``sqrt(1 - abar)``
+        where the chain starts more than one stride below the last training step, else 1.
 
-        Sampling from pure noise needs a chain that starts at the top. diffusers' ``"leading"`` spacing (DDIM)
-        starts at ``(n - 1) (T // n)``, e.g. t = 132 of 200 for 67 steps.
+        diffusers' ``"leading"`` spacing (DDIM) starts at ``(n - 1) (T // n)`` (t = 132 of 200 for 67 steps); a
+        start there is the residual's mean 0 (``f`` for the shifted process) plus noise of that step's std.
+        Chains that start within a stride of the top keep the unit-std start of diffusers, unchanged.
         """
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         num_train = self.scheduler.config.num_train_timesteps
-        first = int(self.scheduler.timesteps[0])
-        if first < num_train - 1 - math.ceil(num_train / num_inference_steps):
-            divisors = [n for n in range(1, num_train + 1) if num_train % n == 0 and n <= num_inference_steps][-3:]
-            raise ValueError(
-                f"{type(self.scheduler).__name__} with {self.scheduler.config.timestep_spacing!r} spacing starts "
-                f"{num_inference_steps} steps at t = {first} of {num_train}, but sampling starts from pure noise; use "
-                f"a number of steps that divides {num_train} (e.g. {divisors}) or another sampler (ddpm, dpm++, unipc)"
-            )
+        timesteps = self.scheduler.timesteps
+        first = int(timesteps[0])
+        if first >= num_train - 1 - math.ceil(num_train / len(timesteps)):
+            return 1.0
+        return float((1 - self.scheduler.alphas_cumprod[first]).sqrt())
 
     @staticmethod
     def _chunk_generators(generator, batch: int, batch_size: int):
@@ -678,8 +676,11 @@ class KGDiffPipeline(DiffusionPipeline):
             sample = self.scheduler.add_noise(start, noise, timesteps[:1].repeat(shape[0]))
         elif shifted:
             sample = self.scheduler.initial_sample(shape, drift, generator=generator, device=self.device)
+            scale = self._start_noise_scale()
+            sample = sample if scale == 1.0 else drift + scale * (sample - drift)
         else:  # plain diffusers sampler on the residual Y = X - f (plain DDPM in Y)
-            sample = randn_tensor(shape, generator=generator, device=self.device) * self.scheduler.init_noise_sigma
+            noise = randn_tensor(shape, generator=generator, device=self.device)
+            sample = noise * self.scheduler.init_noise_sigma * self._start_noise_scale()
         for t in timesteps:
             if shifted:
                 noise = self._predict_noise(sample, t, condition, meta_image)
@@ -767,8 +768,6 @@ class KGDiffPipeline(DiffusionPipeline):
         strength = self.config.get("start_strength")
         starts_from_days = residual_scale is not None and strength is not None and strength < 1
         num_steps_run = round(strength * num_inference_steps) if starts_from_days else num_inference_steps
-        if not starts_from_days:
-            self._check_chain_starts_at_noise(num_inference_steps)
         # The residual model samples Y = (X - f) / s as plain DDPM: its process drifts towards 0, not f.
         drifts = meta_images if residual_scale is None else torch.zeros_like(meta_images)
         # Days stream through in chunks of batch_size, so memory stays bounded for any num_samples.
