@@ -17,7 +17,17 @@ from safetensors.torch import load_file
 from kgdiff_diffusers.checkpointing import CorruptCheckpointError, verify_checkpoint
 from kgdiff_diffusers.data.prepared import EMBEDDINGS_FILE, PreparedDataset
 
-from .test_train_recovery import ENV, REPO, copy_run, data_dir, last_line, reference, train, train_script
+from .test_train_recovery import (
+    ENV,
+    REPO,
+    copy_run,
+    data_dir,
+    last_line,
+    pausing_script,
+    reference,
+    train,
+    train_script,
+)
 from .test_train_script import TINY
 
 __all__ = ["data_dir", "reference", "train_script"]  # module fixtures of test_train_recovery used here
@@ -115,22 +125,8 @@ def test_a_run_saved_before_the_data_digest_resumes_with_a_warning(reference, tm
     assert (run / "model_index.json").is_file()
 
 
-# Runs scripts/train.py, but stops it (for the test to kill) when validation runs the N-th time.
-PAUSING_VALIDATION = """
-import runpy, sys, time
-import kgdiff_diffusers.evaluation as evaluation
-marker, pause_at, script = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-sys.argv = sys.argv[3:]
-original, calls = evaluation.evaluate_pipeline, []
-def pausing(*args, **kwargs):
-    calls.append(1)
-    if len(calls) == pause_at:
-        open(marker, "w").close()
-        time.sleep(600)
-    return original(*args, **kwargs)
-evaluation.evaluate_pipeline = pausing
-runpy.run_path(script, run_name="__main__")
-"""
+# Stops when validation runs the N-th time.
+PAUSING_VALIDATION = pausing_script("kgdiff_diffusers.evaluation", "evaluate_pipeline")
 
 
 def test_a_kill_before_a_validation_does_not_lose_its_score(tmp_path):

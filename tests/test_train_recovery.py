@@ -70,22 +70,28 @@ def copy_run(reference: Path, target: Path, checkpoints=("checkpoint-3", "checkp
     return target
 
 
-# Runs scripts/train.py, but stops it (for the test to kill) when Accelerate's save_state is called the N-th time.
-PAUSING_TRAIN = """
+def pausing_script(module: str, function: str) -> str:
+    """Python that runs scripts/train.py but stops it (for the test to kill) when ``module.function`` is called
+    the N-th time; argv: marker file, N, the script, its flags."""
+    return f"""
 import runpy, sys, time
-import accelerate.accelerator as accelerator_module
+import {module} as patched
 marker, pause_at, script = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sys.argv = sys.argv[3:]
-original, calls = accelerator_module.save_accelerator_state, []
+original, calls = patched.{function}, []
 def pausing(*args, **kwargs):
     calls.append(1)
     if len(calls) == pause_at:
         open(marker, "w").close()
         time.sleep(600)
     return original(*args, **kwargs)
-accelerator_module.save_accelerator_state = pausing
+patched.{function} = pausing
 runpy.run_path(script, run_name="__main__")
 """
+
+
+# Stops when Accelerate's save_state is called the N-th time.
+PAUSING_TRAIN = pausing_script("accelerate.accelerator", "save_accelerator_state")
 
 
 def kill_during_save(tmp_path: Path, pause_at: int, *args: str) -> None:
