@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -593,7 +594,7 @@ class KGDiffPipeline(DiffusionPipeline):
             )
         if output_type not in ("np", "pt", "pd"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'pd', got {output_type!r}")
-        repeated = sorted({str(n) for n in node_ids if [str(m) for m in node_ids].count(str(n)) > 1})
+        repeated = sorted(node_id for node_id, count in Counter(map(str, node_ids)).items() if count > 1)
         if repeated:
             raise ValueError(f"node_ids {repeated[:5]} are given more than once; ask for more days with num_samples")
         overlap = {str(n) for n in node_ids} & set(new_nodes)
