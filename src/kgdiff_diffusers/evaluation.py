@@ -373,10 +373,10 @@ def _recorded_validation_nodes(model_dir: str | Path) -> tuple[list[str], Path] 
     (``validation_node_ids``, recorded since 2026-12-06, so pipelines shared on the Hub carry them too); ``None``
     when neither names them.
     """
-    for name, key in ((RUN_CONFIG_FILE, "validation_node_ids"), ("model_index.json", "validation_node_ids")):
+    for name in (RUN_CONFIG_FILE, "model_index.json"):
         path = Path(model_dir) / name
         if path.is_file():
-            recorded = json.loads(path.read_text(encoding="utf-8")).get(key)
+            recorded = json.loads(path.read_text(encoding="utf-8")).get("validation_node_ids")
             if recorded is not None:
                 return [str(n) for n in recorded], path
     return None

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.series import FORBIDDEN_ID_CHARACTERS
+
 TRIPLES_FILE = "triples.tsv"
 ENTITY_MAP_FILE = "entity2id.txt"
 RELATION_MAP_FILE = "relation2id.txt"
@@ -132,7 +134,7 @@ class KnowledgeGraph:
     def save(self, folder: str | os.PathLike) -> None:
         """Writes ``triples.tsv`` (head, relation, tail names) and UUKG-style ``name<TAB>id`` maps."""
         for kind, names in (("entity", self.entities), ("relation", self.relations)):
-            unreadable = next((name for name in names if any(c in name for c in "\t\n\r")), None)
+            unreadable = next((name for name in names if any(c in name for c in FORBIDDEN_ID_CHARACTERS)), None)
             if unreadable is not None:
                 raise ValueError(
                     f"cannot save the knowledge graph: {kind} {unreadable!r} contains a tab or line break, "
