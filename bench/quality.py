@@ -153,6 +153,8 @@ VARIANTS = {
     # The denoiser trained around the donor prior's estimate from other nodes (what sampling gives a node)
     # instead of around the node's own mean day and spread.
     "KGDiff (prior-centred residual)": ("--residual_centre", "prior"),
+    # The donor prior's level alone, without the two-hop KG level estimate (the default before 2026-12-07).
+    "KGDiff (no level estimator)": ("--no_level_estimator",),
     # The donor prior with weights learnt leave-one-out instead of uniform ones.
     "KGDiff (learned donor weights)": ("--donor_weighting", "learned"),
     # The paper's Table 3 ablations (run when named in --variants).

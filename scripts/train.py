@@ -85,6 +85,7 @@ from kgdiff_diffusers.training import (
     KGDiffModelConfig,
     build_pipeline,
     choose_donor_day_start,
+    choose_level_estimate_weight,
     choose_prior_blend,
     kgdiff_loss,
     training_day_types,
@@ -172,6 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("no_meta_pattern", "w/o meta pattern"),
         ("no_guidance", "unconditional"),
         ("no_donor_prior", "the paper's configuration: f from the meta-pattern MLP, no donor prior / residual scaling"),
+        ("no_level_estimator", "donor prior without the two-hop KG level estimate (the default before 2026-12-07)"),
     ):
         ablation.add_argument(f"--{name}", action="store_true", help=text)
     train = parser.add_argument_group("training")
@@ -333,6 +335,7 @@ def model_config(args: argparse.Namespace) -> KGDiffModelConfig:
         use_meta_pattern=not args.no_meta_pattern,
         use_guidance=not args.no_guidance,
         use_donor_prior=not (args.no_donor_prior or args.no_meta_pattern),
+        use_level_estimator=not args.no_level_estimator,
     )
 
 
@@ -764,6 +767,11 @@ def main(argv: list[str] | None = None) -> None:
         check_finite_weights(modules, global_step)
         for name, module in zip(component_names, modules):
             setattr(pipe, name, accelerator.unwrap_model(module))
+        level_weight = choose_level_estimate_weight(pipe, dataset)
+        if level_weight is not None:
+            logger.info(
+                f"two-hop KG level estimate weighed on the validation nodes: {level_weight} (0 = the donors' level)"
+            )
         blend = choose_prior_blend(pipe, dataset)
         if blend is not None:
             logger.info(f"donor-prior blend chosen on the validation nodes: {blend} (1 = donors only, 0 = f(phi))")

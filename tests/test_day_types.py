@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -194,8 +195,10 @@ def test_pipelines_saved_before_day_types_still_load_and_take_no_day_type(city, 
         path.write_text(json.dumps(config))
         index["config_sha256"][name] = config_digest(config)
     for added in ("day_types", "start_strength", "level_exponent", "random_donor_share", "level_noise",
-                  "validation_node_ids"):
+                  "validation_node_ids", "level_estimate_weight", "level_estimator"):
         del index[added]
+    del index["config_sha256"]["level_estimator"]
+    shutil.rmtree(tmp_path / "level_estimator")
     own = {k: v for k, v in index.items() if k not in pipe.components and k != "config_sha256"}
     index["config_sha256"]["model_index"] = config_digest(own)
     (tmp_path / "model_index.json").write_text(json.dumps(index))

@@ -43,6 +43,8 @@ EXPECTED_FILES = [
     "daily_profiles.png",
     "donor_prior/config.json",
     "donor_prior/diffusion_pytorch_model.safetensors",
+    "level_estimator/config.json",
+    "level_estimator/diffusion_pytorch_model.safetensors",
     "meta_pattern/config.json",
     "meta_pattern/diffusion_pytorch_model.safetensors",
     "metrics.json",
@@ -271,7 +273,10 @@ def test_files_to_upload_excludes_training_state(run, tmp_path):
 def test_files_to_upload_of_a_two_feature_pipeline(tmp_path):
     # feature_names / feature_mean of two features look like [library, class] pairs in model_index.json
     make_tiny_pipeline(num_features=2).save_pretrained(tmp_path)
-    expected = [f for f in EXPECTED_FILES if ("/" in f and not f.startswith("donor_prior/")) or f == "model_index.json"]
+    expected = [
+        f for f in EXPECTED_FILES
+        if ("/" in f and not f.startswith(("donor_prior/", "level_estimator/"))) or f == "model_index.json"
+    ]
     assert hub.files_to_upload(tmp_path) == expected
 
 

@@ -13,6 +13,7 @@ from .delay_embedding import DelayEmbedding, check_delay_embedding, choose_delay
 from .evaluation import MODEL_NAME, evaluate_pipeline
 from .models.condition_encoder import KGConditionEncoder
 from .models.donor_prior import KGDiffDonorPrior
+from .models.level_estimator import KGDiffLevelEstimator
 from .models.meta_pattern import KGDiffMetaPattern
 from .models.unet_kgdiff import KGDiffUNet2DModel
 from .pipelines.pipeline_kgdiff import KGDiffPipeline
@@ -136,6 +137,10 @@ class KGDiffModelConfig:
     real days per donor are stored for sampling to start from (:func:`choose_donor_day_start`; 0: sampling
     starts from noise). ``residual_centre`` (``"own"``, the default, or ``"prior"``) is what the denoiser's
     residual is taken around in training (:func:`kgdiff_loss`); sampling is the same for both.
+    ``use_level_estimator`` (with the donor prior, on non-negative data) adds
+    :class:`~kgdiff_diffusers.models.level_estimator.KGDiffLevelEstimator`, whose two-hop KG estimate of a
+    node's level is mixed into the donors' level with a weight chosen on validation nodes
+    (:func:`choose_level_estimate_weight`).
 
     Day types are not a setting: a model is conditioned on weekday / weekend when its training days hold
     both (data prepared with ``--include_weekends``), see :func:`trained_day_types`.
@@ -165,6 +170,7 @@ class KGDiffModelConfig:
     donor_weighting: str = "uniform"
     num_bank_days: int = 32
     residual_centre: str = "own"
+    use_level_estimator: bool = True
 
 
 def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPipeline:
@@ -239,6 +245,11 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         if config.use_donor_prior
         else None
     )
+    level_estimator = (
+        build_level_estimator(dataset, (edge_node, edge_neighbor), day_types)
+        if donor_prior is not None and config.use_level_estimator and donor_prior.config.level_mode == "multiplicative"
+        else None
+    )
     scheduler = KGDiffScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
@@ -250,6 +261,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         scheduler=scheduler,
         meta_pattern=meta_pattern,
         donor_prior=donor_prior,
+        level_estimator=level_estimator,
         node_ids=dataset.node_ids,
         feature_names=list(dataset.feature_names),
         feature_mean=[float(m) for m in dataset.feature_mean],
@@ -421,6 +433,93 @@ def training_day_types(dataset, day_types: list[str] | None) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _log_levels(profiles: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``log`` of the mean level of ``(..., N, D, T)`` profiles, floored at 1 % of the mean level of ``rows``
+    (a node that never counts anything would otherwise weigh like a factor of a million)."""
+    levels = profiles.mean(-1)
+    floor = np.maximum(0.01 * levels[..., rows, :].mean(axis=-2, keepdims=True), 1e-6)
+    return np.log(np.maximum(levels, floor))
+
+
+def build_level_estimator(
+    dataset, kg_index: tuple[np.ndarray, np.ndarray], day_types: list[str] | None = None
+) -> KGDiffLevelEstimator | None:
+    """A :class:`KGDiffLevelEstimator` fitted to the training nodes with data (``None`` where no training node
+    has entities two KG hops away). With two or more ``day_types``, one level per day type."""
+    profiles, _, has_data = node_day_statistics(dataset)
+    profiles = profiles[None]
+    if day_types is not None and len(day_types) > 1:
+        profiles = day_type_statistics(dataset, day_types)[0]
+    train_rows = np.asarray(dataset.train_rows, dtype=np.int64)
+    bank_rows = train_rows[has_data[train_rows]]
+    kg = dataset.kg
+    return KGDiffLevelEstimator.from_training_data(
+        _log_levels(profiles, bank_rows),
+        bank_rows,
+        np.array([kg.entity_id(e) for e in dataset.node_table["entity"].astype(str)], dtype=np.int64),
+        *kg_index,
+        kg_triples=kg.triples,
+        num_entities=kg.num_entities,
+    )
+
+
+def _validation_groups(pipe: KGDiffPipeline, dataset) -> tuple[np.ndarray, list[tuple[int, str | None, np.ndarray]]]:
+    """``(K, N, D, T)`` mean days per day type of the pipeline, and per day type ``(k, name, rows)`` of the
+    validation nodes with days of that type (no group: no validation node with data)."""
+    rows = np.asarray(dataset.validation_rows, dtype=np.int64)
+    rows = rows[dataset.day_mask[rows].any(axis=1)]
+    day_types = pipe.config.get("day_types") or []
+    if len(day_types) > 1:
+        profiles, _, has_days = day_type_statistics(dataset, day_types)
+        groups = [(k, name, rows[has_days[k, rows]]) for k, name in enumerate(day_types) if has_days[k, rows].any()]
+        return profiles, groups
+    return node_day_statistics(dataset)[0][None], [(0, None, rows)] if len(rows) else []
+
+
+LEVEL_ESTIMATE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def choose_level_estimate_weight(pipe: KGDiffPipeline, dataset) -> list[float] | None:
+    """Sets ``pipe``'s ``level_estimate_weight`` (per feature) from :data:`LEVEL_ESTIMATE_WEIGHTS` by the VALIDATION
+    nodes' mean absolute log error of the level ``exp(w log L_est + (1 - w) log L_donors)``: the smallest ``w``
+    whose error is within one standard error (of its per-node difference to the best ``w``) of the best. So the
+    donors' level stays unless the estimate's gain exceeds the noise of a few validation nodes (on METR-LA the
+    plain minimum picked ``w > 0`` for gains of 1-2 % that the test nodes did not share). Run before
+    :func:`choose_prior_blend`, which then blends the relevelled prior.
+
+    Returns:
+        the chosen ``(D,)`` weights, or ``None`` (left unchanged) without a level estimator or validation
+        node with data.
+    """
+    if pipe.level_estimator is None or pipe.donor_prior is None:
+        return None
+    profiles, groups = _validation_groups(pipe, dataset)
+    if not groups:
+        return None
+    pipe.register_to_config(level_estimate_weight=None)
+    train_rows = np.asarray(dataset.train_rows, dtype=np.int64)
+    train_rows = train_rows[dataset.day_mask[train_rows].any(axis=1)]
+    true_log = _log_levels(profiles, train_rows)
+    estimated, donors, real = [], [], []
+    for k, day_type, group_rows in groups:
+        mean_day, _ = pipe.prior([dataset.node_ids[r] for r in group_rows], day_type=day_type)
+        data = pipe._to_data_units(mean_day).mean(1)  # (V, D)
+        donors.append(data.clamp_min(1e-6).log())
+        estimated.append(pipe.level_estimator.node_log_level[k, torch.from_numpy(group_rows)])
+        real.append(torch.from_numpy(true_log[k, group_rows]).float())
+    donors, estimated, real = torch.cat(donors), torch.cat(estimated), torch.cat(real)
+    errors = torch.stack([(w * estimated + (1 - w) * donors - real).abs() for w in LEVEL_ESTIMATE_WEIGHTS])  # (W, V, D)
+    mean_error = errors.mean(1)  # (W, D)
+    best = mean_error.argmin(dim=0)  # (D,)
+    gap = errors - errors.gather(0, best.view(1, 1, -1).expand(1, *errors.shape[1:]))  # (W, V, D)
+    standard_error = gap.std(dim=1).nan_to_num(0.0) / len(real) ** 0.5
+    within = mean_error <= mean_error.gather(0, best.view(1, -1)) + standard_error  # (W, D)
+    weight = [LEVEL_ESTIMATE_WEIGHTS[int(torch.nonzero(within[:, d])[0])] for d in range(within.shape[1])]
+    pipe.register_to_config(level_estimate_weight=weight)
+    return weight
+
+
 def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[float] | None:
     """Sets ``pipe``'s ``prior_blend`` (per feature) to the grid value with the lowest validation-node MAE.
 
@@ -437,24 +536,15 @@ def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[fl
     """
     if pipe.donor_prior is None or pipe.meta_pattern is None:
         return None
-    rows = np.asarray(dataset.validation_rows, dtype=np.int64)
-    rows = rows[dataset.day_mask[rows].any(axis=1)]
-    if not len(rows):
+    profiles, groups = _validation_groups(pipe, dataset)
+    if not groups:
         return None
-    day_types = pipe.config.get("day_types") or []
-    if len(day_types) > 1:
-        profiles, _, has_days = day_type_statistics(dataset, day_types)
-        groups = [
-            (name, rows[has_days[k, rows]], profiles[k]) for k, name in enumerate(day_types) if has_days[k, rows].any()
-        ]
-    else:
-        groups = [(None, rows, node_day_statistics(dataset)[0])]
     donors, learned, real = [], [], []
-    for day_type, group_rows, profiles in groups:
+    for k, day_type, group_rows in groups:
         node_ids = [dataset.node_ids[r] for r in group_rows]
         donors.append(pipe.prior(node_ids, day_type=day_type)[0])
         learned.append(pipe.meta_pattern(pipe.condition(node_ids, day_type=day_type)))
-        real.append(torch.from_numpy(profiles[group_rows]).transpose(1, 2))  # (V, T, D)
+        real.append(torch.from_numpy(profiles[k, group_rows]).transpose(1, 2))  # (V, T, D)
     donors, learned, real = torch.cat(donors), torch.cat(learned), torch.cat(real)
     weights = torch.linspace(0.0, 1.0, grid)
     errors = torch.stack([

@@ -23,6 +23,7 @@ from ..delay_embedding import DelayEmbedding
 from ..fingerprint import config_digest
 from ..models.condition_encoder import KGConditionEncoder
 from ..models.donor_prior import KGDiffDonorPrior
+from ..models.level_estimator import KGDiffLevelEstimator
 from ..models.meta_pattern import KGDiffMetaPattern
 from ..models.unet_kgdiff import KGDiffUNet2DModel
 from ..schedulers.scheduling_kgdiff import KGDiffScheduler
@@ -30,12 +31,13 @@ from ..schedulers.scheduling_kgdiff import KGDiffScheduler
 logger = logging.get_logger(__name__)
 
 NewNodes = Mapping[str, Sequence[tuple[str, str]]]
-COMPONENT_NAMES = ("unet", "condition_encoder", "scheduler", "meta_pattern", "donor_prior")
+COMPONENT_NAMES = ("unet", "condition_encoder", "scheduler", "meta_pattern", "donor_prior", "level_estimator")
 # Config entries added after config digests existed, with the value a pipeline saved before them loads with:
 # left out of the digests at that value, so such pipelines still load.
 _ADDED_CONFIG_DEFAULTS = {
     "day_types": None, "num_day_types": 1, "start_strength": None, "level_exponent": None, "num_bank_days": 0,
     "random_donor_share": None, "level_noise": None, "has_level_errors": False, "validation_node_ids": None,
+    "level_estimate_weight": None,
 }
 
 
@@ -82,6 +84,8 @@ class KGDiffPipeline(DiffusionPipeline):
             geographically nearest training nodes; the denoiser then samples the scaled residual ``Y`` and a
             day is ``f + s Y``. ``None`` (the paper's configuration, and pipelines saved before it existed):
             ``f = meta_pattern``.
+        level_estimator: the KG's two-hop estimate of a node's level, mixed into the donor prior's level with
+            ``level_estimate_weight``; ``None`` for pipelines saved before it existed and data with negative values.
         node_ids: ``(num_nodes,)`` data node ids; row ``i`` of the encoder's index is ``node_ids[i]``.
         feature_names: ``(D,)`` e.g. ``["speed"]`` or ``["inflow", "outflow"]``.
         feature_mean, feature_std: ``(D,)`` normalisation statistics (data units).
@@ -110,6 +114,8 @@ class KGDiffPipeline(DiffusionPipeline):
         level_noise: ``lam``: each donor day's level is spread by a leave-one-out level error of the donor
             prior, scaled by ``lam`` (:meth:`KGDiffDonorPrior.donor_days`; chosen on validation nodes by
             training); ``None`` means 0.
+        level_estimate_weight: ``(D,)`` weight ``w`` of the level estimator in the donor prior's level
+            ``exp(w log L_est + (1 - w) log L_donors)`` (chosen on validation nodes by training); ``None`` means 0.
         validation_node_ids: the training-side nodes held out of training for validation (the end-of-training
             choices above were made on them), so an evaluation draws its baselines from the same train nodes as
             the model; ``None`` for pipelines saved before they were recorded or trained without validation.
@@ -118,8 +124,8 @@ class KGDiffPipeline(DiffusionPipeline):
             :meth:`save_pretrained` and checked by :meth:`from_pretrained`.
     """
 
-    model_cpu_offload_seq = "condition_encoder->meta_pattern->donor_prior->unet"
-    _optional_components = ["meta_pattern", "donor_prior"]
+    model_cpu_offload_seq = "condition_encoder->meta_pattern->donor_prior->level_estimator->unet"
+    _optional_components = ["meta_pattern", "donor_prior", "level_estimator"]
 
     def __init__(
         self,
@@ -128,6 +134,7 @@ class KGDiffPipeline(DiffusionPipeline):
         scheduler: KGDiffScheduler,
         meta_pattern: KGDiffMetaPattern | None = None,
         donor_prior: KGDiffDonorPrior | None = None,
+        level_estimator: KGDiffLevelEstimator | None = None,
         node_ids: list[str] | None = None,
         feature_names: list[str] | None = None,
         feature_mean: list[float] | None = None,
@@ -150,6 +157,7 @@ class KGDiffPipeline(DiffusionPipeline):
         random_donor_share: float | None = None,
         level_noise: float | None = None,
         validation_node_ids: list[str] | None = None,
+        level_estimate_weight: list[float] | None = None,
     ):
         super().__init__()
         num_nodes = condition_encoder.config.num_nodes
@@ -211,6 +219,22 @@ class KGDiffPipeline(DiffusionPipeline):
             raise ValueError(f"level_noise must be a finite number >= 0 or None, got {level_noise}")
         if level_noise and (donor_prior is None or not donor_prior.config.get("has_level_errors", False)):
             raise ValueError("level_noise > 0 needs a donor prior that stores level errors (has_level_errors)")
+        if level_estimator is not None:
+            estimator = level_estimator.config
+            if (estimator.num_nodes, estimator.num_features) != (num_nodes, num_features):
+                raise ValueError(
+                    f"level_estimator indexes {estimator.num_nodes} nodes of {estimator.num_features} feature(s); the "
+                    f"pipeline has {num_nodes} nodes of {num_features}"
+                )
+        if level_estimate_weight is not None:
+            if len(level_estimate_weight) != num_features or not all(0 <= w <= 1 for w in level_estimate_weight):
+                raise ValueError(
+                    f"level_estimate_weight must be {num_features} weights in [0, 1], got {level_estimate_weight}"
+                )
+            if any(level_estimate_weight) and (
+                level_estimator is None or donor_prior is None or donor_prior.config.level_mode != "multiplicative"
+            ):
+                raise ValueError("level_estimate_weight > 0 needs a level_estimator and a multiplicative donor prior")
         if output_min is not None and (
             len(output_min) != num_features or not all(m is None or math.isfinite(m) for m in output_min)
         ):
@@ -220,7 +244,9 @@ class KGDiffPipeline(DiffusionPipeline):
             if not day_types or not set(day_types) <= set(DAY_TYPES) or len(set(day_types)) != len(day_types):
                 raise ValueError(f"day_types must be distinct names from {list(DAY_TYPES)}, got {day_types}")
         num_day_types = len(day_types) if day_types else 1
-        for name, component in (("condition_encoder", condition_encoder), ("donor_prior", donor_prior)):
+        for name, component in (
+            ("condition_encoder", condition_encoder), ("donor_prior", donor_prior), ("level_estimator", level_estimator)
+        ):
             if component is not None and component.config.num_day_types != num_day_types:
                 raise ValueError(
                     f"{name} is conditioned on {component.config.num_day_types} day type(s) but the pipeline's "
@@ -232,6 +258,7 @@ class KGDiffPipeline(DiffusionPipeline):
             scheduler=scheduler,
             meta_pattern=meta_pattern,
             donor_prior=donor_prior,
+            level_estimator=level_estimator,
         )
         self.register_to_config(
             node_ids=node_ids,
@@ -254,6 +281,7 @@ class KGDiffPipeline(DiffusionPipeline):
             random_donor_share=None if random_donor_share is None else float(random_donor_share),
             level_noise=None if level_noise is None else float(level_noise),
             validation_node_ids=validation_node_ids,
+            level_estimate_weight=None if level_estimate_weight is None else [float(w) for w in level_estimate_weight],
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
@@ -505,12 +533,16 @@ class KGDiffPipeline(DiffusionPipeline):
         if prior is None:
             raise ValueError("this pipeline has no donor prior (the paper's configuration): its f is meta_pattern(phi)")
         parts = []
+        estimator = self.level_estimator if any(self.config.get("level_estimate_weight") or [0.0]) else None
+        type_index = self.day_type_index(day_type) or 0
         if len(node_ids):
             rows = torch.tensor(self.node_rows(node_ids), dtype=torch.long, device=self.device)
-            parts += [
-                (*prior(chunk, day_types=self._day_type_rows(day_type, len(chunk))), prior.candidate_index[chunk])
-                for chunk in rows.split(1024)
-            ]
+            for chunk in rows.split(1024):
+                mean_day, scale = prior(chunk, day_types=self._day_type_rows(day_type, len(chunk)))
+                if estimator is not None:
+                    log_level = estimator.node_log_level[type_index, chunk]
+                    mean_day, scale = self._with_estimated_level(mean_day, scale, log_level)
+                parts.append((mean_day, scale, prior.candidate_index[chunk]))
         locations = self._checked_locations(new_nodes, new_node_locations)
         if new_nodes:
             coords = torch.tensor(
@@ -522,8 +554,25 @@ class KGDiffPipeline(DiffusionPipeline):
             index, features = prior.candidates_for(coords, edge_node, edge_neighbor, len(new_nodes))
             log_degree = prior.log_degree_of(edge_node, edge_relation, len(new_nodes))
             day_types = self._day_type_rows(day_type, len(new_nodes))
-            parts.append((*prior(candidates=(index, features, log_degree), day_types=day_types), index))
+            mean_day, scale = prior(candidates=(index, features, log_degree), day_types=day_types)
+            if estimator is not None:
+                log_level = estimator.log_level_for(edge_node, edge_neighbor, len(new_nodes))[type_index]
+                mean_day, scale = self._with_estimated_level(mean_day, scale, log_level)
+            parts.append((mean_day, scale, index))
         return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
+
+    def _with_estimated_level(
+        self, mean_day: torch.Tensor, scale: torch.Tensor, log_level: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The donor prior's ``(B, D, T)`` mean day and ``(B, D)`` scale (normalised) moved to the level
+        ``exp(w log L_est + (1 - w) log L_donors)`` given the ``(B, D)`` estimated log levels ``log L_est``."""
+        weight = torch.tensor(self.config.level_estimate_weight, device=self.device)
+        mean = torch.tensor(self.config.feature_mean, device=self.device)[:, None]
+        std = torch.tensor(self.config.feature_std, device=self.device)[:, None]
+        data = mean_day * std + mean
+        donor_log_level = data.mean(-1).clamp_min(1e-6).log()
+        ratio = torch.exp(weight * (log_level - donor_log_level))  # (B, D)
+        return (data * ratio.unsqueeze(-1) - mean) / std, scale * ratio
 
     @staticmethod
     def _checked_locations(
