@@ -50,7 +50,7 @@ def _features(estimator: KGDiffLevelEstimator, dataset) -> np.ndarray:
     edge_node, _, edge_neighbor = dataset.kg.neighbor_index(dataset.node_table["entity"].astype(str).tolist())
     edges = torch.from_numpy(edge_node), torch.from_numpy(edge_neighbor)
     counts = estimator._two_hop_counts(*edges, len(dataset.node_ids))
-    return estimator._unit_features(counts.to_dense().double(), estimator.entity_idf.double()).numpy()
+    return estimator._unit_features(counts, estimator.entity_idf.double()).to_dense().numpy()
 
 
 def _train_rows(dataset) -> np.ndarray:
@@ -191,3 +191,10 @@ def test_saved_with_the_estimator_reloads_bit_identical_and_older_pipelines_load
     old.set_progress_bar_config(disable=True)
     assert old.level_estimator is None and old.config.level_estimate_weight is None
     np.testing.assert_array_equal(sample(old), before)
+
+
+def test_no_estimator_above_the_training_node_cap(city, monkeypatch):
+    monkeypatch.setattr("kgdiff_diffusers.models.level_estimator.MAX_TRAINING_NODES", 3)
+    assert _estimator(city) is None
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL))
+    assert pipe.level_estimator is None and choose_level_estimate_weight(pipe, city) is None

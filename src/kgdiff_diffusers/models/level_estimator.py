@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 _EPS = 1e-6
+# The fit solves a (training nodes)^2 system; above this many training nodes no estimator is built.
+MAX_TRAINING_NODES = 5000
 
 
 class KGDiffLevelEstimator(ModelMixin, ConfigMixin):
@@ -68,7 +72,8 @@ class KGDiffLevelEstimator(ModelMixin, ConfigMixin):
         num_entities: int,
         ridge_alpha: float = 0.1,
     ) -> KGDiffLevelEstimator | None:
-        """Fits the estimator for ``N`` nodes; ``None`` where no training node has a two-hop feature.
+        """Fits the estimator for ``N`` nodes; ``None`` where no training node has a two-hop feature or there are
+        more than :data:`MAX_TRAINING_NODES` training nodes (the dual ridge solves a ``B x B`` system).
 
         Args:
             log_levels: ``(K, N, D)`` log mean level of each node's days per day type (only ``train_rows`` are
@@ -81,6 +86,8 @@ class KGDiffLevelEstimator(ModelMixin, ConfigMixin):
         train_rows = np.asarray(train_rows, dtype=np.int64)
         if len(train_rows) < 2:
             raise ValueError(f"the level estimator needs at least 2 training nodes with data, got {len(train_rows)}")
+        if len(train_rows) > MAX_TRAINING_NODES:
+            return None
         if not np.isfinite(log_levels[:, train_rows]).all():
             raise ValueError("training levels for the level estimator contain NaN or inf")
         num_day_types, num_nodes, num_features = log_levels.shape
@@ -104,17 +111,20 @@ class KGDiffLevelEstimator(ModelMixin, ConfigMixin):
             model.hop_target.copy_(torch.from_numpy(hop[1]))
             counts = model._two_hop_counts(torch.from_numpy(edge_node), torch.from_numpy(edge_neighbor), num_nodes)
             counts = counts.to(torch.float64)
-            train_counts = counts.index_select(0, torch.from_numpy(train_rows)).to_dense()
-            if not (train_counts > 0).any():
+            is_train = torch.zeros(num_nodes, dtype=torch.bool)
+            is_train[torch.from_numpy(train_rows)] = True
+            train_columns = counts.indices()[1][is_train[counts.indices()[0]]]
+            if not len(train_columns):
                 return None
-            document_frequency = (train_counts > 0).sum(0).double()
+            document_frequency = torch.bincount(train_columns, minlength=num_entities).double()
             idf = torch.log((1 + len(train_rows)) / (1 + document_frequency)) + 1.0
             model.entity_idf.copy_(idf)
-            features = model._unit_features(counts.to_dense(), idf)  # (N, E) float64
+            features = model._unit_features(counts, idf)  # sparse (N, E) float64
             targets = torch.from_numpy(log_levels.transpose(1, 0, 2).reshape(num_nodes, -1)).double()  # (N, K*D)
-            weight, intercept, loo = _ridge(features[train_rows], targets[train_rows], ridge_alpha)
-            predicted = features @ weight + intercept
-            predicted[train_rows] = loo
+            train_index = torch.from_numpy(train_rows)
+            weight, intercept, loo = _ridge(features.index_select(0, train_index), targets[train_index], ridge_alpha)
+            predicted = torch.sparse.mm(features, weight) + intercept
+            predicted[train_index] = loo
             model.entity_weight.copy_(weight)
             model.intercept.copy_(intercept)
             model.node_log_level.copy_(predicted.view(num_nodes, num_day_types, num_features).transpose(0, 1))
@@ -147,26 +157,33 @@ class KGDiffLevelEstimator(ModelMixin, ConfigMixin):
 
     @staticmethod
     def _unit_features(counts: torch.Tensor, idf: torch.Tensor) -> torch.Tensor:
-        features = torch.log1p(counts) * idf
-        return features / features.norm(dim=1, keepdim=True).clamp_min(_EPS)
+        """Sparse ``(Q, E)`` counts -> sparse ``log(1 + count) * idf`` rows of unit norm (of ``idf``'s dtype)."""
+        index = counts.indices()
+        values = torch.log1p(counts.values().to(idf.dtype)) * idf[index[1]]
+        norms = torch.zeros(counts.shape[0], dtype=idf.dtype, device=idf.device).index_add_(0, index[0], values**2)
+        values = values / norms.sqrt()[index[0]].clamp_min(_EPS)
+        return torch.sparse_coo_tensor(index, values, counts.shape, check_invariants=True).coalesce()
 
     @torch.no_grad()
     def log_level_for(self, edge_node: torch.Tensor, edge_neighbor: torch.Tensor, num_queries: int) -> torch.Tensor:
         """``(K, Q, D)`` estimated log levels of new places from their KG neighbours (``(E,)`` row, entity id)."""
-        counts = self._two_hop_counts(edge_node, edge_neighbor, num_queries).to_dense()
-        features = self._unit_features(counts, self.entity_idf)
-        predicted = features @ self.entity_weight + self.intercept  # (Q, K*D)
+        features = self._unit_features(self._two_hop_counts(edge_node, edge_neighbor, num_queries), self.entity_idf)
+        predicted = torch.sparse.mm(features, self.entity_weight) + self.intercept  # (Q, K*D)
         return predicted.view(num_queries, self.config.num_day_types, self.config.num_features).transpose(0, 1)
 
 
 def _ridge(
     features: torch.Tensor, targets: torch.Tensor, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ridge with an unpenalised intercept, in the dual: ``(E, O)`` weights, ``(O,)`` intercept and the
-    ``(B, O)`` exact leave-one-out predictions of the ``B`` training rows."""
-    count = len(features)
-    centred = features - features.mean(0)
-    kernel = centred @ centred.t()
+    """Ridge with an unpenalised intercept, in the dual, on sparse ``(B, E)`` features: ``(E, O)`` weights,
+    ``(O,)`` intercept and the ``(B, O)`` exact leave-one-out predictions of the ``B`` training rows."""
+    count = features.shape[0]
+    mean = torch.sparse.sum(features, dim=0).to_dense() / count  # (E,)
+    with warnings.catch_warnings():  # sparse x sparse goes through torch's (beta) CSR kernels
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        gram = torch.sparse.mm(features, features.t()).to_dense()
+    projection = torch.sparse.mm(features, mean.unsqueeze(1)).squeeze(1)  # (B,)
+    kernel = gram - projection.unsqueeze(0) - projection.unsqueeze(1) + mean @ mean  # of the centred features
     identity = torch.eye(count, dtype=kernel.dtype)
     solve = torch.linalg.solve(kernel + alpha * identity, identity)
     # Fitted values are H y with H = 11^T / B + K_c (K_c + alpha I)^-1: a penalised least-squares smoother, so
@@ -175,6 +192,7 @@ def _ridge(
     fitted = hat @ targets
     diagonal = hat.diagonal().unsqueeze(1)
     loo = (fitted - diagonal * targets) / (1 - diagonal).clamp_min(_EPS)
-    weight = centred.t() @ (solve @ targets)
-    intercept = targets.mean(0) - features.mean(0) @ weight
+    dual = solve @ targets  # (B, O)
+    weight = torch.sparse.mm(features.t(), dual) - mean.unsqueeze(1) * dual.sum(0)  # centred features^T dual
+    intercept = targets.mean(0) - mean @ weight
     return weight, intercept, loo
