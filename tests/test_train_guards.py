@@ -209,3 +209,12 @@ def test_a_named_checkpoint_resolves_in_the_run_and_later_ones_are_protected(tra
     with pytest.raises(FileNotFoundError, match="save was interrupted"):
         train_script.resolve_named_checkpoint("checkpoint-6", checkpoints)
     assert train_script.resolve_named_checkpoint("checkpoint-3", checkpoints) == checkpoints / "checkpoint-3"
+
+
+def test_no_level_estimator_flag_builds_the_previous_default(train_script):
+    default = train_script.model_config(train_script.parse_args([*TINY, "--output_dir", "x"]))
+    without = train_script.model_config(train_script.parse_args([*TINY, "--output_dir", "x", "--no_level_estimator"]))
+    assert default.use_level_estimator and not without.use_level_estimator
+    assert {k: v for k, v in vars(default).items() if k != "use_level_estimator"} == {
+        k: v for k, v in vars(without).items() if k != "use_level_estimator"
+    }
