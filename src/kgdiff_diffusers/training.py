@@ -432,7 +432,6 @@ def training_day_types(dataset, day_types: list[str] | None) -> torch.Tensor:
     return torch.tensor([day_types.index(name) for name in names], dtype=torch.long)
 
 
-@torch.no_grad()
 def _log_levels(profiles: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``log`` of the mean level of ``(..., N, D, T)`` profiles, floored at 1 % of the mean level of ``rows``
     (a node that never counts anything would otherwise weigh like a factor of a million)."""
@@ -520,6 +519,7 @@ def choose_level_estimate_weight(pipe: KGDiffPipeline, dataset) -> list[float] |
     return weight
 
 
+@torch.no_grad()
 def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[float] | None:
     """Sets ``pipe``'s ``prior_blend`` (per feature) to the grid value with the lowest validation-node MAE.
 
