@@ -546,6 +546,8 @@ def check_resumed_data(run_config: dict, checkpoint: Path) -> None:
     stored = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
     if isinstance(stored.get("model"), dict):  # runs saved before --residual_centre trained around their own mean
         stored["model"].setdefault("residual_centre", "own")
+        # Runs saved before the level estimator: it is fitted after training and changes no step, so they take it.
+        stored["model"].setdefault("use_level_estimator", True)
     run_config = json.loads(json.dumps(run_config))  # tuples as the stored lists
     keys = ("model", "dataset_name", "train_node_ids", "validation_node_ids", "test_node_ids", "day_types",
             "num_processes")

@@ -262,12 +262,15 @@ def test_resume_with_another_thread_count_says_it_is_exact_to_rounding_only(refe
     assert worst < 1e-5
 
 
-def test_a_run_saved_before_residual_centre_resumes_around_its_own_mean_and_refuses_another(reference, tmp_path):
+def test_a_run_saved_before_residual_centre_and_the_level_estimator_resumes_and_refuses_another_centre(
+    reference, tmp_path
+):
     run = copy_run(reference, tmp_path / "run", checkpoints=("checkpoint-3",))
     (run / "model_index.json").unlink()
     config_file = run / "checkpoints" / "checkpoint-3" / "training_config.json"  # what resuming compares with
     stored = json.loads(config_file.read_text())
     del stored["model"]["residual_centre"], stored["residual_centre"]
+    del stored["model"]["use_level_estimator"], stored["no_level_estimator"]
     config_file.write_text(json.dumps(stored))
     refused = train(*TINY, "--output_dir", str(run), "--resume_from_checkpoint", "latest", "--residual_centre",
                     "prior", check=False)
