@@ -567,8 +567,7 @@ class KGDiffPipeline(DiffusionPipeline):
         """The donor prior's ``(B, D, T)`` mean day and ``(B, D)`` scale (normalised) moved to the level
         ``exp(w log L_est + (1 - w) log L_donors)`` given the ``(B, D)`` estimated log levels ``log L_est``."""
         weight = torch.tensor(self.config.level_estimate_weight, device=self.device)
-        mean = torch.tensor(self.config.feature_mean, device=self.device)[:, None]
-        std = torch.tensor(self.config.feature_std, device=self.device)[:, None]
+        mean, std = self.donor_prior.feature_mean_, self.donor_prior.feature_std_  # (D, 1), the pipeline's (checked)
         data = mean_day * std + mean
         donor_log_level = data.mean(-1).clamp_min(1e-6).log()
         ratio = torch.exp(weight * (log_level - donor_log_level))  # (B, D)
