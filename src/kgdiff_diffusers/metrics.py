@@ -34,6 +34,8 @@ days ``g_1..g_m`` and real days ``r_1..r_n``, each flattened to a vector of ``F 
   |x_j - x_j'|`` (the CRPS of the ensemble's empirical distribution, all ``m^2`` pairs), averaged over the ``n``
   real days and the ``F`` values; data units, 0 only when every member equals every real value. Computed with
   ``scoringrules.crps_ensemble`` (its ``"qd"`` estimator, which equals this energy form in O(m log m)).
+  ``crps(..., fair=True)`` divides the pair sum by ``m (m - 1)`` instead (the unbiased estimate for the
+  distribution the members are drawn from); reports use the plain form, the end-of-training choices the fair one.
 * **Spread ratio**: for each step and feature ``f``, ``s_g[f] / s_r[f]`` with the sample standard deviations
   (ddof = 1) of ``g_1[f]..g_m[f]`` and ``r_1[f]..r_n[f]``, averaged over the values ``f`` whose real days are
   not all equal (``max_i r_i[f] > min_i r_i[f]``; a constant real step, e.g. zero trips every night, has no
