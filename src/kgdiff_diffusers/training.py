@@ -568,13 +568,16 @@ VALIDATION_DRAW_STRIDE = 1000
 
 @torch.no_grad()
 def _fair_crps(result: EvaluationResult) -> float:
-    """The mean over the evaluated nodes of the fair CRPS of their generated days against their real days."""
-    return float(np.mean([
+    """The mean over the evaluated nodes with at least 2 generated days of the fair CRPS of their generated days
+    against their real days (one day has no spread to judge); NaN when no node has 2."""
+    scores = [
         crps(generated[generated_mask], real[real_mask], fair=True)
         for generated, generated_mask, real, real_mask in zip(
             result.generated, result.generated_mask, result.real, result.real_mask
         )
-    ]))
+        if generated_mask.sum() >= 2
+    ]
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def choose_donor_day_start(
@@ -594,10 +597,10 @@ def choose_donor_day_start(
     denoising), then the scale of the drawn level errors (:data:`LEVEL_NOISES`, when the donor prior stores
     them), then the share of the denoising chain run from them from :data:`START_STRENGTHS` (1: from pure
     noise, the donor days unused). Each stage keeps the lowest fair CRPS (:func:`~kgdiff_diffusers.metrics.crps`,
-    ``fair=True``) of ``max_days_per_node`` generated days per node against its real days on the VALIDATION
-    nodes only (:func:`evaluate_pipeline`), averaged over ``num_draws`` evaluations with seeds ``seed, seed +
-    1000, ...`` (other real days compared, other generated days): with a few validation nodes one draw's luck
-    decides between settings whose CRPS differ by less than the draws do. The fair CRPS scores the
+    ``fair=True``) of generated against real days (as many as the node's compared real days) on the VALIDATION
+    nodes with at least 2 of them (:func:`evaluate_pipeline`), averaged over ``num_draws`` evaluations with seeds
+    ``seed, seed + 1000, ...`` (other real days compared, other generated days): with a few validation nodes one
+    draw's luck decides between settings whose CRPS differ by less than the draws do. The fair CRPS scores the
     distribution the days are drawn from, not the small ensemble: the plain one under-counts the spread by
     ``(m - 1) / m``, and with ``m = 4`` days chose no level noise where the test nodes' CRPS and MMD-fixed
     wanted some (the synthetic city, 2026-12-07).
@@ -606,18 +609,18 @@ def choose_donor_day_start(
         ``{"level_exponent", "random_donor_share", "level_noise", "start_strength", "validation_crps":
         {setting: CRPS}}``,
         or ``None`` (left unchanged) when the pipeline stores no donor days or the dataset has no validation
-        node with data.
+        node with 2 valid days.
     """
     if num_draws < 1:
         raise ValueError(f"num_draws must be >= 1, got {num_draws}")
     if max_days_per_node < 2:
-        raise ValueError(f"max_days_per_node must be >= 2 (the fair CRPS compares generated days), got "
+        raise ValueError(f"max_days_per_node must be >= 2 (the fair CRPS needs 2 days of a node), got "
                          f"{max_days_per_node}")
     prior = pipe.donor_prior
     if prior is None or prior.config.get("num_bank_days", 0) == 0:
         return None
     rows = np.asarray(dataset.validation_rows, dtype=np.int64)
-    if not len(rows) or not dataset.day_mask[rows].any():
+    if not len(rows) or not (dataset.day_mask[rows].sum(axis=1) >= 2).any():
         return None
 
     def validation_crps(exponent: float, share: float, strength: float, noise: float = 0.0) -> float:
@@ -627,8 +630,7 @@ def choose_donor_day_start(
         return float(np.mean([
             _fair_crps(evaluate_pipeline(
                 pipe, dataset, num_inference_steps, sampler, seed + VALIDATION_DRAW_STRIDE * draw,
-                samples_per_node=max_days_per_node, include_baselines=False, max_days_per_node=max_days_per_node,
-                split="validation",
+                include_baselines=False, max_days_per_node=max_days_per_node, split="validation",
             ))
             for draw in range(num_draws)
         ]))
