@@ -784,8 +784,7 @@ def main(argv: list[str] | None = None) -> None:
             logger.info(
                 f"sampling starts from donor days ({start['random_donor_share']:g} of them from any training node) "
                 f"rescaled with exponent {start['level_exponent']:g}, level noise {start['level_noise']:g}, noised to "
-                f"strength {start['start_strength']:g} (1 = from noise); validation fair CRPS "
-                f"{start['validation_crps']}"
+                f"strength {start['start_strength']:g} (1 = from noise); validation CRPS {start['validation_crps']}"
             )
         pipe.save_pretrained(args.output_dir)
         logger.info(f"saved the pipeline (EMA weights) to {args.output_dir}")

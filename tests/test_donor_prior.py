@@ -451,8 +451,6 @@ def test_the_day_start_is_chosen_by_validation_crps_from_the_grids(city):
     chosen = f"{best_copy}{noise}, strength={choice['start_strength']:g}"
     assert scores[chosen] == min(scores.values())
     assert choose_donor_day_start(build_pipeline(city, KGDiffModelConfig(**SMALL)), city) is None  # no validation
-    with pytest.raises(ValueError, match="max_days_per_node must be >= 2"):
-        choose_donor_day_start(pipe, dataset, max_days_per_node=1)
 
 
 def test_a_huge_level_noise_stays_finite(city):

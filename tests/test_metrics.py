@@ -134,18 +134,6 @@ def test_crps_by_hand_and_against_loops():
     # A point mass is scored by its absolute error alone; an exact point forecast scores 0.
     assert crps(np.full((4, 1, 1), 2.0), np.array([5.0, 1.0]).reshape(2, 1, 1)) == pytest.approx(2.0)
     assert crps(np.full((3, 2, 1), 7.0), np.full((2, 2, 1), 7.0)) == 0.0
-    # fair: the pair sum 16 over m (m - 1) = 6 ordered pairs: y = 1 -> 5/3 - 4/3 = 1/3; y = 5 -> 3 - 4/3 = 5/3.
-    assert crps(ensemble, np.array([1.0, 5.0]).reshape(2, 1, 1), fair=True) == pytest.approx(1.0)
-    # Unbiased for the members' distribution: 3 draws of N(0, 1) against y = 0 (20,000 steps as independent
-    # ensembles) average CRPS(N(0, 1), 0) = E|X| - E|X - X'| / 2 = sqrt(2 / pi) - 1 / sqrt(pi); the plain form
-    # counts (m - 1) / m = 2/3 of the spread term.
-    members = np.random.default_rng(0).normal(size=(3, 20_000, 1))
-    observed = np.zeros((1, 20_000, 1))
-    mean_error, half_spread = math.sqrt(2 / math.pi), 1 / math.sqrt(math.pi)
-    assert crps(members, observed, fair=True) == pytest.approx(mean_error - half_spread, abs=0.01)
-    assert crps(members, observed) == pytest.approx(mean_error - 2 / 3 * half_spread, abs=0.01)
-    with pytest.raises(ValueError, match="at least 2 days"):
-        crps(ensemble[:1], observed[:, :1], fair=True)
     rng = np.random.default_rng(5)
     generated, real = rng.normal(size=(6, 5, 2)), rng.normal(0.3, 1.5, size=(4, 5, 2))
     assert crps(generated, real) == pytest.approx(naive_crps(generated, real), rel=1e-12)

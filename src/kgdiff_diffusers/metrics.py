@@ -34,8 +34,6 @@ days ``g_1..g_m`` and real days ``r_1..r_n``, each flattened to a vector of ``F 
   |x_j - x_j'|`` (the CRPS of the ensemble's empirical distribution, all ``m^2`` pairs), averaged over the ``n``
   real days and the ``F`` values; data units, 0 only when every member equals every real value. Computed with
   ``scoringrules.crps_ensemble`` (its ``"qd"`` estimator, which equals this energy form in O(m log m)).
-  ``crps(..., fair=True)`` divides the pair sum by ``m (m - 1)`` instead (the unbiased estimate for the
-  distribution the members are drawn from); reports use the plain form, the end-of-training choices the fair one.
 * **Spread ratio**: for each step and feature ``f``, ``s_g[f] / s_r[f]`` with the sample standard deviations
   (ddof = 1) of ``g_1[f]..g_m[f]`` and ``r_1[f]..r_n[f]``, averaged over the values ``f`` whose real days are
   not all equal (``max_i r_i[f] > min_i r_i[f]``; a constant real step, e.g. zero trips every night, has no
@@ -162,16 +160,12 @@ def mmd(generated_days: np.ndarray, real_days: np.ndarray, bandwidth: float | No
     return float(kernel[:m, :m].mean() + kernel[m:, m:].mean() - 2.0 * kernel[:m, m:].mean())
 
 
-def crps(generated_days: np.ndarray, real_days: np.ndarray, fair: bool = False) -> float:
+def crps(generated_days: np.ndarray, real_days: np.ndarray) -> float:
     """Ensemble CRPS of one node's generated days against each of its real days (module docstring).
 
     Args:
         generated_days: ``(m, T, D)`` generated days (the ensemble), data units.
         real_days: ``(n, T, D)`` real days (the observations), data units.
-        fair: divide the pair term by ``m (m - 1)`` (its ``m`` zero diagonal terms left out) instead of ``m^2``:
-            the unbiased estimate of the CRPS of the distribution the ensemble was drawn from (``scoringrules``'
-            ``"fair"`` estimator; needs ``m >= 2``). The plain form under-counts the spread reward by ``(m - 1) /
-            m``, so with a few members it favours the less dispersed of two generators.
 
     Returns:
         The mean over real days, steps and features of ``E|X - y| - E|X - X'| / 2``, data units.
@@ -180,11 +174,9 @@ def crps(generated_days: np.ndarray, real_days: np.ndarray, fair: bool = False) 
     real = _flatten_days(real_days, "real_days")
     if generated.shape[1] != real.shape[1]:
         raise ValueError(f"generated_days {generated.shape} and real_days {real.shape}: day sizes differ")
-    if fair and generated.shape[0] < 2:
-        raise ValueError(f"generated_days: the fair CRPS needs at least 2 days; got {generated.shape[0]}")
     ensemble = np.broadcast_to(np.sort(generated.T, axis=-1), (real.shape[0], *generated.T.shape))  # (n, F, m)
     scores = scoringrules.crps_ensemble(
-        real, ensemble, m_axis=-1, estimator="fair" if fair else "qd", sorted_ensemble=True, backend="numpy"
+        real, ensemble, m_axis=-1, estimator="qd", sorted_ensemble=True, backend="numpy"
     )  # (n, F)
     return float(np.mean(scores))
 
