@@ -171,6 +171,7 @@ def test_saved_with_the_estimator_reloads_bit_identical_and_older_pipelines_load
 
     expected = sample(pipe)
     pipe.save_pretrained(tmp_path / "now")
+    assert KGDiffPipeline._edited_config_files(tmp_path / "now") == []  # every component's file matches its digest
     reloaded = KGDiffPipeline.from_pretrained(tmp_path / "now", local_files_only=True)
     reloaded.set_progress_bar_config(disable=True)
     for name, tensor in pipe.level_estimator.state_dict().items():

@@ -232,6 +232,23 @@ def test_edited_configs_that_change_results_fail_to_load(tiny_pipeline, tmp_path
         KGDiffPipeline.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [{"condition_dim": lambda _: float("nan")}, {"norm_num_groups": lambda _: 0}, {"num_features": lambda _: "1"}],
+)
+def test_an_edit_that_breaks_a_component_is_named_not_a_traceback(tiny_pipeline, tmp_path, changes):
+    tiny_pipeline.save_pretrained(tmp_path)
+    assert KGDiffPipeline._edited_config_files(tmp_path) == []
+    edit_json(tmp_path / "unet/config.json", **changes)
+    with pytest.raises(ValueError, match="unet/config.json changed after save_pretrained"):
+        KGDiffPipeline.from_pretrained(tmp_path)
+    index = tmp_path / "model_index.json"
+    edit_json(index, config_sha256=lambda _: None)  # saved before digests: the component's own error stands
+    with pytest.raises((TypeError, ValueError, ZeroDivisionError)) as raised:
+        KGDiffPipeline.from_pretrained(tmp_path)
+    assert "changed after save_pretrained" not in str(raised.value)
+
+
 def test_a_sampler_changed_in_python_and_saved_again_loads(tiny_pipeline, tmp_path):
     tiny_pipeline.scheduler = make_sampler("ddim", tiny_pipeline.scheduler.config)
     tiny_pipeline.save_pretrained(tmp_path)

@@ -45,6 +45,15 @@ def _without_added_defaults(config: Mapping) -> dict:
     return {k: v for k, v in config.items() if not (k in _ADDED_CONFIG_DEFAULTS and v == _ADDED_CONFIG_DEFAULTS[k])}
 
 
+def _edited_configs_message(source: str, files: Sequence[str]) -> str:
+    return (
+        f"{source}: {', '.join(files)} changed after save_pretrained (they no longer match the digests in "
+        "model_index.json); the components were trained together, and such edits (prediction_type, "
+        "num_train_timesteps, the order of node_ids, ...) make them disagree. Restore the saved files, "
+        "or change the pipeline in Python and save_pretrained it again"
+    )
+
+
 @dataclass
 class KGDiffPipelineOutput(BaseOutput):
     """Output of :class:`KGDiffPipeline`.
@@ -316,6 +325,12 @@ class KGDiffPipeline(DiffusionPipeline):
                 "safetensors weights only (no pickle); re-save the pipeline with save_pretrained() where you trust "
                 "it, or pass use_safetensors=False to read pickled weights"
             ) from None
+        except Exception as err:
+            # An edited config can break a component's constructor before the digests below are checked.
+            edited = cls._edited_config_files(pretrained_model_name_or_path, passed=set(kwargs))
+            if edited:
+                raise ValueError(_edited_configs_message(str(pretrained_model_name_or_path), edited)) from err
+            raise
         # Components passed in (diffusers' `from_pretrained(path, scheduler=...)`) replace saved ones on purpose.
         replaced = {name for name in kwargs if name in pipe.components}
         pipe.check_config_digests(source=str(pretrained_model_name_or_path), replaced=replaced)
@@ -383,12 +398,30 @@ class KGDiffPipeline(DiffusionPipeline):
                 "model_index.json" if name == "model_index" else f"{name}/{config_file.get(name, 'config.json')}"
                 for name in edited
             ]
-            raise ValueError(
-                f"{source}: {', '.join(files)} changed after save_pretrained (they no longer match the digests in "
-                "model_index.json); the components were trained together, and such edits (prediction_type, "
-                "num_train_timesteps, the order of node_ids, ...) make them disagree. Restore the saved files, "
-                "or change the pipeline in Python and save_pretrained it again"
-            )
+            raise ValueError(_edited_configs_message(source, files))
+
+    @staticmethod
+    def _edited_config_files(path, passed: Collection[str] = ()) -> list[str]:
+        """The config files of a local pipeline folder whose contents no longer match the digests its
+        ``model_index.json`` recorded (read from disk, for configs too broken to build a component from)."""
+        folder = Path(path)
+        try:
+            index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+            recorded = index.get("config_sha256")
+            if not recorded:  # saved before digests existed: nothing to compare
+                return []
+            own = {k: v for k, v in index.items() if k not in COMPONENT_NAMES and k != "config_sha256"}
+            edited = [] if recorded.get("model_index") == config_digest(_without_added_defaults(own)) else [
+                "model_index.json"
+            ]
+            for name in sorted(set(recorded) & set(COMPONENT_NAMES) - set(passed)):
+                files = [f for f in ("scheduler_config.json", "config.json") if (folder / name / f).is_file()]
+                config = json.loads((folder / name / files[0]).read_text(encoding="utf-8")) if files else {}
+                if recorded[name] != config_digest(_without_added_defaults(config)):
+                    edited.append(f"{name}/{files[0] if files else 'config.json'}")
+        except (OSError, ValueError, AttributeError):  # no local folder, or files diffusers reports itself
+            return []
+        return edited
 
     def check_finite_weights(self, source: str = "pipeline") -> None:
         """``ValueError`` naming every component (and its first tensors) that holds NaN or infinite values."""
