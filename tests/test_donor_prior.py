@@ -15,7 +15,7 @@ from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import use_sampler
 from kgdiff_diffusers.fingerprint import config_digest
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
-from kgdiff_diffusers.models.donor_prior import KGDiffDonorPrior
+from kgdiff_diffusers.models.donor_prior import KGDiffDonorPrior, _spread_order
 from kgdiff_diffusers.pipelines.pipeline_kgdiff import _without_added_defaults
 from kgdiff_diffusers.training import (
     LEVEL_EXPONENTS,
@@ -276,17 +276,13 @@ def test_random_donors_replace_a_share_of_the_candidate_days_with_days_of_any_tr
         return p(node_ids=[node], num_samples=40, num_inference_steps=4,
                  generator=torch.Generator().manual_seed(0)).series[0]
 
-    pipe.register_to_config(start_strength=0.0, level_exponent=0.0)
-    own = sample(pipe)
-    pipe.register_to_config(random_donor_share=0.5)
+    pipe.register_to_config(start_strength=0.0, level_exponent=0.0, random_donor_share=0.5)
     mixed = sample(pipe)
-    same = np.abs(mixed - own).max(axis=(1, 2)) < 1e-6  # kept its candidate day: the same stream draws it
-    assert 5 <= same.sum() <= 35
     scale = 1e-3 * np.abs(train_days).max()
-    for day in mixed[~same]:  # the others: real days of some training node
+    for day in mixed:  # every day: a real day of some training node
         assert np.abs(train_days - day).max(axis=(1, 2)).min() < scale
-    outside = [np.abs(candidates - day).max(axis=(1, 2)).min() > scale for day in mixed[~same]]
-    assert any(outside)  # ... not only of the node's candidates
+    outside = [np.abs(candidates - day).max(axis=(1, 2)).min() > scale for day in mixed]
+    assert 1 <= sum(outside) <= 20  # ... not only of the node's candidates; at most the 20 random donors' days
     pipe.save_pretrained(tmp_path)
     reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
     reloaded.set_progress_bar_config(disable=True)
@@ -298,6 +294,59 @@ def test_random_donors_replace_a_share_of_the_candidate_days_with_days_of_any_tr
     prior = reloaded.donor_prior
     with pytest.raises(ValueError, match="random_donor_share"):
         prior.donor_days(prior.candidate_index[:1], torch.zeros(1, 1, city.steps_per_day), 1.0, None, None, 2.0)
+
+
+def _donor_of_each_day(prior, days: torch.Tensor) -> list[int]:
+    """The bank row whose stored days hold each of ``(B, D, T)`` normalised days (copied at its own level)."""
+    return _donor_of_each_data_day(prior, days * prior.feature_std_ + prior.feature_mean_)
+
+
+def _donor_of_each_data_day(prior, data: torch.Tensor) -> list[int]:
+    stored = prior.bank_days[: prior.config.num_bank]  # (num_bank, num_bank_days, D, T), data units
+    distance = (stored[None] - data[:, None, None]).abs().amax(dim=(-2, -1)).amin(dim=2)  # (B, num_bank)
+    assert (distance.min(dim=1).values < 1e-3 * stored.abs().max()).all()
+    return distance.argmin(dim=1).tolist()
+
+
+def test_a_places_days_cover_the_donor_mixture_evenly(city):
+    prior = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=8)).donor_prior
+    row = int(city.test_rows[0])
+    slots = prior.candidate_index.shape[1]
+    streams = [torch.Generator().manual_seed(day) for day in range(slots)]
+    index = prior.candidate_index[[row] * slots]
+    mean_day = prior(torch.tensor([row] * slots))[0]
+    days = prior.donor_days(index, mean_day, 0.0, streams, sample_index=torch.arange(slots), num_samples=slots)
+    assert sorted(_donor_of_each_day(prior, days)) == sorted(prior.candidate_index[row].tolist())  # each slot once
+    num_bank = prior.config.num_bank
+    streams = [torch.Generator().manual_seed(day) for day in range(num_bank)]
+    days = prior.donor_days(prior.candidate_index[[row] * num_bank], mean_day[:1].expand(num_bank, -1, -1), 0.0,
+                            streams, random_donor_share=1.0, sample_index=torch.arange(num_bank), num_samples=num_bank)
+    assert sorted(_donor_of_each_day(prior, days)) == list(range(num_bank))  # any donor: each training node once
+    iid = prior.donor_days(index, mean_day, 0.0, [torch.Generator().manual_seed(day) for day in range(slots)])
+    assert len(set(_donor_of_each_day(prior, iid))) < len(set(prior.candidate_index[row].tolist()))  # by chance
+    with pytest.raises(ValueError, match="sample_index"):
+        prior.donor_days(index, mean_day, 0.0, None, sample_index=torch.arange(slots) + 1, num_samples=slots)
+
+
+def test_the_pipeline_copies_each_candidate_once_when_asked_for_as_many_days(city):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=8))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.register_to_config(start_strength=0.0, level_exponent=0.0)
+    row = int(city.test_rows[0])
+    slots = pipe.donor_prior.candidate_index.shape[1]
+    series = pipe(node_ids=[city.node_ids[row]], num_samples=slots, num_inference_steps=4, batch_size=5,
+                  generator=torch.Generator().manual_seed(0), output_type="pt").series[0]  # (slots, T, D)
+    donors = _donor_of_each_data_day(pipe.donor_prior, series.transpose(1, 2))
+    assert sorted(donors) == sorted(pipe.donor_prior.candidate_index[row].tolist())
+
+
+def test_the_spread_order_is_a_permutation_whose_prefixes_are_spread():
+    for num_samples in (1, 2, 5, 16, 20):
+        order = _spread_order(num_samples, torch.device("cpu"))
+        assert sorted(order.tolist()) == list(range(num_samples))
+        for prefix in range(1, num_samples + 1):  # the first n days take slices at most 2 / n apart
+            taken = np.sort(order[:prefix].numpy()) / num_samples
+            assert np.diff(np.concatenate([taken, [taken[0] + 1]])).max() <= 2.0 / prefix + 1.0 / num_samples
 
 
 def test_level_errors_are_each_donors_own_level_against_its_candidates_geometric_mean(city):
@@ -445,7 +494,7 @@ def test_the_day_start_is_chosen_by_validation_crps_from_the_grids(city):
     assert len(copies) == num_copies
     best_copy = min(copies, key=copies.get).rsplit(", strength=", 1)[0]
     assert best_copy == f"a={choice['level_exponent']:g}, random donors={choice['random_donor_share']:g}"
-    noises = {k: v for k, v in scores.items() if k.endswith("strength=0") and k.startswith(best_copy)}
+    noises = {k: v for k, v in scores.items() if k.endswith("strength=0") and k.startswith(best_copy + ",")}
     assert len(noises) == len(LEVEL_NOISES)  # each level noise scored on the best copies, without denoising
     noise = f", level noise={choice['level_noise']:g}" if choice["level_noise"] else ""
     chosen = f"{best_copy}{noise}, strength={choice['start_strength']:g}"

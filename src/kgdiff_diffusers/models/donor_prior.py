@@ -444,6 +444,8 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         day_types: torch.Tensor | None = None,
         random_donor_share: float = 0.0,
         level_noise: float = 0.0,
+        sample_index: torch.Tensor | None = None,
+        num_samples: int = 1,
     ) -> torch.Tensor:
         """One real day of a random candidate donor per row, rescaled towards the row's level.
 
@@ -454,6 +456,13 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         units) and the donor's level ``L``, the day becomes ``x (l / L)^a`` (``"additive"`` mode:
         ``x + a (l - L)``), where ``a = level_exponent`` (0: copied as it was, 1: the row's level).
 
+        With ``sample_index``, the rows of one place are its ``num_samples`` days and their donors are stratified:
+        each day draws its donor from its own one of ``num_samples`` equal slices of the donor mixture (any donor
+        with probability ``random_donor_share``, else a candidate, in that order), so the place's days cover the
+        mixture evenly instead of by chance (5 independent draws from 16 candidates repeat one in about half the
+        sets, and their number of random donors varies from 0 to 5). Days take the slices in van der Corput
+        order, so the first ``n`` of them are spread over the mixture too.
+
         Args:
             index: ``(B, 2K)`` candidate bank rows of each generated day (from :meth:`candidates_for` or the
                 stored ones).
@@ -463,6 +472,9 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             day_types: ``(B,)`` day type of each row; needed when ``num_day_types > 1``.
             random_donor_share: in ``[0, 1]``; the share of rows whose donor is any training node.
             level_noise: ``lam >= 0``, the scale of the drawn level errors (0: none).
+            sample_index: ``(B,)`` each row's index ``j`` in ``[0, num_samples)`` among its place's days, or
+                ``None`` (independent draws).
+            num_samples: days per place (with ``sample_index``).
 
         Returns:
             ``(B, D, T)`` days in normalised units.
@@ -476,6 +488,10 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         if level_noise > 0 and not self.config.get("has_level_errors", False):
             raise ValueError("level_noise > 0 needs a donor prior that stores level errors (built after they existed)")
         batch = index.shape[0]
+        if sample_index is not None and (
+            sample_index.shape != (batch,) or not 0 <= int(sample_index.min()) <= int(sample_index.max()) < num_samples
+        ):
+            raise ValueError(f"sample_index must be ({batch},) indices in [0, {num_samples}), got {sample_index}")
         day_types = self._check_day_types(day_types, batch, index.device)
         generators = generator if isinstance(generator, list) else [generator] * batch
         # Draws 2-3 only with random donors and 4 only with level noise, so days generated without them stay
@@ -483,11 +499,19 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         num_draws = 5 if level_noise > 0 else 4 if random_donor_share > 0 else 2
         draws = torch.stack([torch.rand(num_draws, generator=g, device=index.device) for g in generators])
         rows = torch.arange(batch, device=index.device)
-        donor = index[rows, (draws[:, 0] * index.shape[1]).long().clamp_max(index.shape[1] - 1)]
-        if random_donor_share > 0:
-            num_bank = self.config.num_bank
-            any_donor = (draws[:, 2] * num_bank).long().clamp_max(num_bank - 1)
-            donor = torch.where(draws[:, 3] < random_donor_share, any_donor, donor)
+        num_bank, num_candidates = self.config.num_bank, index.shape[1]
+        if sample_index is not None:
+            # the mixture's inverse distribution at one uniform of the j-th slice: any donor below the share
+            mixture = (_spread_order(num_samples, draws.device)[sample_index] + draws[:, 0]) / num_samples
+            any_donor = (mixture / max(random_donor_share, _EPS) * num_bank).long().clamp_max(num_bank - 1)
+            slot = (mixture - random_donor_share).clamp_min(0) / max(1 - random_donor_share, _EPS) * num_candidates
+            candidate = index[rows, slot.long().clamp_max(num_candidates - 1)]
+            donor = torch.where(mixture < random_donor_share, any_donor, candidate)
+        else:
+            donor = index[rows, (draws[:, 0] * num_candidates).long().clamp_max(num_candidates - 1)]
+            if random_donor_share > 0:
+                any_donor = (draws[:, 2] * num_bank).long().clamp_max(num_bank - 1)
+                donor = torch.where(draws[:, 3] < random_donor_share, any_donor, donor)
         summary = donor + day_types * self.config.num_bank
         count = self.bank_day_count[summary]
         day = self.bank_days[summary, (draws[:, 1] * count).long().clamp_max(count - 1)]  # (B, D, T)
@@ -558,6 +582,18 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         counts = torch.zeros(num_queries, self.config.num_relations, device=edge_node.device)
         counts.index_put_((edge_node, edge_relation), torch.ones_like(edge_node, dtype=torch.float), accumulate=True)
         return counts.log1p()
+
+
+def _spread_order(num_samples: int, device: torch.device) -> torch.Tensor:
+    """``(num_samples,)`` a permutation of the slices ``0..num_samples - 1`` by the van der Corput sequence (bit
+    reversal: 0, 1/2, 1/4, 3/4, ...): every prefix of it is spread over ``[0, num_samples)``."""
+    index = torch.arange(num_samples, device=device)
+    radical_inverse = torch.zeros(num_samples, dtype=torch.float64, device=device)
+    bit, scale = index.clone(), 0.5
+    while bool((bit > 0).any()):
+        radical_inverse += (bit % 2) * scale
+        bit, scale = bit // 2, scale / 2
+    return torch.argsort(torch.argsort(radical_inverse))
 
 
 def _log_degree(edge_node: np.ndarray, edge_relation: np.ndarray, num_nodes: int, num_relations: int) -> np.ndarray:

@@ -859,7 +859,8 @@ class KGDiffPipeline(DiffusionPipeline):
         chunks = self._chunk_generators(generator, batch, batch_size)
         with self.progress_bar(total=math.ceil(batch / batch_size) * num_steps_run) as progress:
             for start, chunk_generator in zip(range(0, batch, batch_size), chunks):
-                nodes = torch.arange(start, min(start + batch_size, batch), device=self.device) // num_samples
+                days_of_chunk = torch.arange(start, min(start + batch_size, batch), device=self.device)
+                nodes = days_of_chunk // num_samples
                 start_images = None
                 if starts_from_days:
                     exponent = self.config.get("level_exponent")
@@ -867,6 +868,7 @@ class KGDiffPipeline(DiffusionPipeline):
                         candidates[nodes], donor_series[nodes], 1.0 if exponent is None else exponent,
                         chunk_generator, self._day_type_rows(day_type, len(nodes)),
                         self.config.get("random_donor_share") or 0.0, self.config.get("level_noise") or 0.0,
+                        days_of_chunk % num_samples, num_samples,
                     )
                     start_images = emb.to_image(days - donor_series[nodes]) / residual_scale[nodes]
                 images = self._sample_chunk(
