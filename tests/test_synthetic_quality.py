@@ -6,8 +6,8 @@ from-noise sampling in MMD-fixed and CRPS on unseen nodes. Every real day of the
 A sensor's level here is set by its road's category, two KG hops away, which no donor search sees: before the level
 estimate (2026-12-07) the copies were no closer than random training days (seed 0: MAE 178.5, CRPS 137.1 vs 128).
 With it (the validation sensors choose its full weight): MAE 131.7 vs the global mean profile's 190.5, CRPS 97.6 vs
-random training days' 128.3, MMD-fixed 3.168 vs 3.215 (a thin margin: over 6 evaluation draws of the same model, 3.19 ±
-0.02 vs 3.21 ± 0.01). The donor-day start is chosen on all 10 days of the validation
+random training days' 128.3, MMD-fixed 3.168 vs 3.215 (a thin margin: mean ± standard error over 6 evaluation draws
+of the model, 3.19 ± 0.02 vs 3.21 ± 0.01). The donor-day start is chosen on all 10 days of the validation
 sensors, as train.py does (up to 20): on 4, the CRPS of 4 generated days (which under-counts their spread by 1/4)
 chose no level noise, and the copies, all at one estimated level, lost MMD-fixed to random days (3.358 vs 3.215)."""
 
