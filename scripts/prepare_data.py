@@ -80,6 +80,7 @@ from kgdiff_diffusers.kg.tucker import (
     DEFAULT_TUCKER_EPOCHS,
     TUCKER_EPOCHS_HELP,
     TUCKER_MAX_SECONDS_HELP,
+    TUCKER_MAX_STEPS_HELP,
     pretrain_tucker,
 )
 
@@ -193,6 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     kg.add_argument("--embedding_dim", type=int, default=128, help="TuckER entity and relation dimension")
     kg.add_argument("--tucker_epochs", type=int, default=DEFAULT_TUCKER_EPOCHS, help=TUCKER_EPOCHS_HELP)
     kg.add_argument("--tucker_max_seconds", type=float, help=TUCKER_MAX_SECONDS_HELP)
+    kg.add_argument("--tucker_max_steps", type=int, help=TUCKER_MAX_STEPS_HELP)
 
     args = parser.parse_args(argv)
     missing = [f"--{name}" for name in REQUIRED[args.layout] + (() if args.check else ("output",))]
@@ -370,6 +372,7 @@ def main(argv: list[str] | None = None) -> PreparedDataset | None:
             epochs=args.tucker_epochs,
             seed=args.seed,
             max_seconds=args.tucker_max_seconds,
+            max_steps=args.tucker_max_steps,
         )
         prepared.report["kg"]["tucker"] = json.loads(json.dumps(result.metrics, default=float))
         prepared = dataclasses.replace(

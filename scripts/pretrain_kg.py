@@ -23,6 +23,7 @@ from kgdiff_diffusers.kg.tucker import (
     DEFAULT_TUCKER_EPOCHS,
     TUCKER_EPOCHS_HELP,
     TUCKER_MAX_SECONDS_HELP,
+    TUCKER_MAX_STEPS_HELP,
     pretrain_tucker,
     read_triples_tsv,
     save_kg_embeddings,
@@ -52,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tucker_max_seconds", "--max_seconds", dest="max_seconds", type=float, help=TUCKER_MAX_SECONDS_HELP
+    )
+    parser.add_argument(
+        "--tucker_max_steps", "--max_steps", dest="max_steps", type=int, help=TUCKER_MAX_STEPS_HELP
     )
     parser.add_argument("--batch_size", type=int, default=128, help="(head, relation) pairs per step")
     parser.add_argument("--learning_rate", type=float, default=0.01)
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         seed=args.seed,
         device=args.device,
         max_seconds=args.max_seconds,
+        max_steps=args.max_steps,
         patience=args.patience,
     )
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,7 @@ from kgdiff_diffusers.kg.tucker import (
     DEFAULT_TUCKER_EPOCHS,
     TUCKER_EPOCHS_HELP,
     TUCKER_MAX_SECONDS_HELP,
+    TUCKER_MAX_STEPS_HELP,
     load_kg_embeddings,
     pretrain_tucker,
     save_kg_embeddings,
@@ -129,6 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--embedding_dim", type=int, default=128, help="TuckER d when embeddings must be pretrained")
     data.add_argument("--tucker_epochs", type=int, default=DEFAULT_TUCKER_EPOCHS, help=TUCKER_EPOCHS_HELP)
     data.add_argument("--tucker_max_seconds", type=float, help=TUCKER_MAX_SECONDS_HELP)
+    data.add_argument("--tucker_max_steps", type=int, help=TUCKER_MAX_STEPS_HELP)
     model = parser.add_argument_group("model (defaults: the preset)")
     model.add_argument("--condition_dim", type=int, help="size of phi (paper: 128)")
     model.add_argument("--block_out_channels", help="UNet channels per resolution, e.g. 64,128,128")
@@ -344,7 +346,7 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
     data_dir = args.output_dir / "data"
     if args.dataset == "synthetic-city":
         request = {k: getattr(args, k) for k in ("synthetic_nodes", "synthetic_days", "seed", "embedding_dim",
-                                                 "tucker_epochs")}
+                                                 "tucker_epochs", "tucker_max_seconds", "tucker_max_steps")}
         request_file = data_dir / "synthetic_request.json"
         cached = request_file.is_file() and json.loads(request_file.read_text()) == request
         if accelerator.is_main_process and not cached:
@@ -358,6 +360,7 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
                 epochs=args.tucker_epochs,
                 seed=args.seed,
                 max_seconds=args.tucker_max_seconds,
+                max_steps=args.tucker_max_steps,
             )
             logger.info(f"TuckER on the synthetic city: {json.dumps(result.metrics)}")
             dataset = prepare_dataset(
@@ -381,12 +384,14 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
         embeddings_file = args.output_dir / EMBEDDINGS_FILE
         request_file = args.output_dir / EMBEDDINGS_REQUEST_FILE
         request = {"kg": kg_digest(dataset.kg), "embedding_dim": args.embedding_dim,
-                   "tucker_epochs": args.tucker_epochs, "tucker_max_seconds": args.tucker_max_seconds}
+                   "tucker_epochs": args.tucker_epochs, "tucker_max_seconds": args.tucker_max_seconds,
+                   "tucker_max_steps": args.tucker_max_steps}
         cached = embeddings_file.is_file() and request_file.is_file() and read_json(request_file) == request
         if accelerator.is_main_process and not cached:
             if embeddings_file.is_file():
                 logger.warning(f"{embeddings_file} was pretrained for another KG or other --embedding_dim / "
-                               "--tucker_epochs / --tucker_max_seconds (or by an older version): pretraining again")
+                               "--tucker_epochs / --tucker_max_seconds / --tucker_max_steps (or by an older version): "
+                               "pretraining again")
                 embeddings_file.unlink()
             request_file.unlink(missing_ok=True)
             logger.info(f"{args.dataset} has no KG embeddings: pretraining TuckER (d={args.embedding_dim})")
@@ -395,6 +400,7 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
                 embedding_dim=args.embedding_dim,
                 epochs=args.tucker_epochs,
                 max_seconds=args.tucker_max_seconds,
+                max_steps=args.tucker_max_steps,
             )
             save_kg_embeddings(embeddings_file, result.entity_embeddings, result.relation_embeddings)
             request_file.write_text(json.dumps(request))  # last: a kill before it leaves no valid cache

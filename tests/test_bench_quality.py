@@ -192,7 +192,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the real data sets live in ../shared/data")
 @pytest.mark.parametrize("key", ["nyc", "pems", "metr"])
 def test_every_bench_data_set_passes_the_prepare_check(quality, key, tmp_path):
-    command = quality.prepare_command(key, tmp_path / "prepared", SHARED_DATA, 1.0) + ["--check"]
+    command = quality.prepare_command(key, tmp_path / "prepared", SHARED_DATA, 1) + ["--check"]
     result = subprocess.run(command, cwd=quality.REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "check passed" in result.stdout + result.stderr

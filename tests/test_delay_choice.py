@@ -101,7 +101,13 @@ def test_one_tucker_default_and_meaning_across_scripts() -> None:
     pretrain = load("pretrain_kg").parse_args(["--kg", "k"])
     assert prepare.tucker_epochs == train.tucker_epochs == pretrain.epochs == DEFAULT_TUCKER_EPOCHS
     assert prepare.tucker_max_seconds is train.tucker_max_seconds is pretrain.max_seconds is None
-    again = load("pretrain_kg").parse_args(["--kg", "k", "--tucker_epochs", "7", "--tucker_max_seconds", "9"])
-    assert (again.epochs, again.max_seconds) == (7, 9.0)
-    budget = load("train").parse_args(["--dataset", "x", "--output_dir", "y", "--tucker_max_seconds", "3"])
-    assert budget.tucker_max_seconds == 3
+    assert prepare.tucker_max_steps is train.tucker_max_steps is pretrain.max_steps is None
+    again = load("pretrain_kg").parse_args(["--kg", "k", "--tucker_epochs", "7", "--tucker_max_seconds", "9",
+                                            "--tucker_max_steps", "11"])
+    assert (again.epochs, again.max_seconds, again.max_steps) == (7, 9.0, 11)
+    budget = load("train").parse_args(["--dataset", "x", "--output_dir", "y", "--tucker_max_seconds", "3",
+                                       "--tucker_max_steps", "5"])
+    assert (budget.tucker_max_seconds, budget.tucker_max_steps) == (3, 5)
+    prepared = load("prepare_data").parse_args(["--layout", "synthetic-city", "--output", "o",
+                                                "--tucker_max_steps", "4"])
+    assert prepared.tucker_max_steps == 4

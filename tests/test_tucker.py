@@ -90,6 +90,22 @@ def test_embedding_shapes_follow_the_graph(trained):
     assert np.isfinite(result.entity_embeddings).all() and np.isfinite(result.relation_embeddings).all()
 
 
+def test_step_budget_stops_mid_epoch_and_repeats_exactly():
+    kg = clustered_kg(num_clusters=4, cluster_size=10)
+    options = dict(embedding_dim=8, batch_size=16, held_out_fraction=0.2, patience=50, show_progress=False)
+    first, again = (pretrain_tucker(kg, epochs=50, max_steps=7, **options) for _ in range(2))
+    steps_per_epoch = pretrain_tucker(kg, epochs=1, **options).metrics["steps"]
+    assert 7 % steps_per_epoch != 0  # the budget ends inside an epoch, which is still validated
+    assert first.metrics["steps"] == 7 and first.metrics["stopped_by"] == "max_steps"
+    assert first.metrics["epochs"] == 7 // steps_per_epoch + 1 and first.metrics["valid_mrr"] is not None
+    np.testing.assert_array_equal(first.entity_embeddings, again.entity_embeddings)
+    np.testing.assert_array_equal(first.relation_embeddings, again.relation_embeddings)
+    unlimited = pretrain_tucker(kg, epochs=2, **options).metrics
+    assert unlimited["steps"] == 2 * steps_per_epoch and unlimited["stopped_by"] == "epochs"
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        pretrain_tucker(kg, max_steps=0, **options)
+
+
 def test_split_held_out_keeps_every_entity_and_relation_in_training():
     kg = clustered_kg(seed=1)
     train, held_out = split_held_out(kg.triples, 0.3, seed=3)

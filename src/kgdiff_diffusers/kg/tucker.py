@@ -39,10 +39,14 @@ EMBEDDING_KEYS = ("entity_embeddings", "relation_embeddings")
 # One default and one meaning for every script that pretrains TuckER (prepare_data, train, pretrain_kg).
 DEFAULT_TUCKER_EPOCHS = 100
 TUCKER_EPOCHS_HELP = (
-    "TuckER maximum epochs; training ends at this epoch, at --tucker_max_seconds, or after --patience (5) epochs "
-    "without a better validation MRR, whichever comes first"
+    "TuckER maximum epochs; training ends at this epoch, at --tucker_max_steps or --tucker_max_seconds, or after "
+    "--patience (5) epochs without a better validation MRR, whichever comes first"
 )
-TUCKER_MAX_SECONDS_HELP = "TuckER wall-clock budget in seconds (default: none); the epoch limit still applies"
+TUCKER_MAX_SECONDS_HELP = (
+    "TuckER wall-clock budget in seconds (default: none); the epoch limit still applies. The embeddings then depend "
+    "on the machine's speed and load: --tucker_max_steps is the reproducible budget"
+)
+TUCKER_MAX_STEPS_HELP = "TuckER optimiser-step budget (default: none); the epoch limit still applies"
 
 
 def read_triples_tsv(path: str | os.PathLike) -> KnowledgeGraph:
@@ -314,8 +318,8 @@ class TuckerResult:
         relation_embeddings: ``(2 * num_relations, d)`` float32, forward relations then inverse ones.
         metrics: filtered ``mrr``, ``hits@1``, ``hits@3``, ``hits@10`` and ``random_mrr`` on the
             held-out test triples (``None`` without held-out triples), ``valid_mrr`` of the kept
-            epoch, ``num_train``/``num_valid``/``num_test`` triples, ``seconds``, ``epochs`` run,
-            ``best_epoch``, ``stopped_by`` and the settings used.
+            epoch, ``num_train``/``num_valid``/``num_test`` triples, ``seconds``, ``epochs`` and
+            optimiser ``steps`` run, ``best_epoch``, ``stopped_by`` and the settings used.
     """
 
     entity_embeddings: np.ndarray
@@ -335,6 +339,7 @@ def pretrain_tucker(
     device: torch.device | str = "cpu",
     show_progress: bool = True,
     max_seconds: float | None = None,
+    max_steps: int | None = None,
     input_dropout: float = 0.2,
     hidden_dropout1: float = 0.2,
     hidden_dropout2: float = 0.3,
@@ -359,7 +364,10 @@ def pretrain_tucker(
         seed: seed of the split, initialisation, shuffling and dropout.
         device: torch device.
         show_progress: show a tqdm bar over training steps.
-        max_seconds: wall-clock budget for training (checked after each step); ``None`` = no limit.
+        max_seconds: wall-clock budget for training (checked after each step); ``None`` = no limit. The
+            result then depends on the machine's speed and load.
+        max_steps: optimiser-step budget, counted over epochs; ``None`` = no limit. Unlike ``max_seconds``
+            it gives the same embeddings on any machine. The epoch it ends in is still validated.
         input_dropout, hidden_dropout1, hidden_dropout2: TuckER's three dropout rates.
         learning_rate_decay: per-epoch exponential decay of the learning rate.
         patience: stop after this many epochs without a better validation MRR.
@@ -370,6 +378,8 @@ def pretrain_tucker(
             f"pretrain_tucker: need embedding_dim >= 1, epochs >= 1 and batch_size >= 2, got "
             f"{embedding_dim}, {epochs}, {batch_size}"
         )
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"pretrain_tucker: max_steps must be >= 1 (or None for no limit), got {max_steps}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"pretrain_tucker: label_smoothing must be in [0, 1), got {label_smoothing}")
     if len(kg.triples) < 2:
@@ -393,7 +403,7 @@ def pretrain_tucker(
     num_batches = math.ceil(train_tails.num_pairs / batch_size)
     best_state, best_mrr, best_epoch, stale, stopped_by = None, -1.0, 0, 0, "epochs"
     progress = tqdm(total=epochs * num_batches, desc="TuckER", unit="step", disable=not show_progress)
-    epoch = 0
+    epoch = total_steps = 0
     while epoch < epochs and stopped_by == "epochs":
         epoch += 1
         model.train()
@@ -408,7 +418,11 @@ def pretrain_tucker(
             optimizer.step()
             total_loss += loss.item()
             num_steps += 1
+            total_steps += 1
             progress.update()
+            if max_steps is not None and total_steps >= max_steps:
+                stopped_by = "max_steps"
+                break
             if max_seconds is not None and time.perf_counter() - started > max_seconds:
                 stopped_by = "max_seconds"
                 break
@@ -442,6 +456,7 @@ def pretrain_tucker(
         num_valid=len(valid),
         num_test=len(test),
         epochs=epoch,
+        steps=total_steps,
         best_epoch=best_epoch,
         stopped_by=stopped_by,
         seconds=time.perf_counter() - started,
