@@ -346,7 +346,10 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
     data_dir = args.output_dir / "data"
     if args.dataset == "synthetic-city":
         request = {k: getattr(args, k) for k in ("synthetic_nodes", "synthetic_days", "seed", "embedding_dim",
-                                                 "tucker_epochs", "tucker_max_seconds", "tucker_max_steps")}
+                                                 "tucker_epochs")}
+        # budgets join the key only when given, so that a city cached before they existed is still found
+        request.update({k: getattr(args, k) for k in ("tucker_max_seconds", "tucker_max_steps")
+                        if getattr(args, k) is not None})
         request_file = data_dir / "synthetic_request.json"
         cached = request_file.is_file() and json.loads(request_file.read_text()) == request
         if accelerator.is_main_process and not cached:
@@ -384,8 +387,9 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
         embeddings_file = args.output_dir / EMBEDDINGS_FILE
         request_file = args.output_dir / EMBEDDINGS_REQUEST_FILE
         request = {"kg": kg_digest(dataset.kg), "embedding_dim": args.embedding_dim,
-                   "tucker_epochs": args.tucker_epochs, "tucker_max_seconds": args.tucker_max_seconds,
-                   "tucker_max_steps": args.tucker_max_steps}
+                   "tucker_epochs": args.tucker_epochs, "tucker_max_seconds": args.tucker_max_seconds}
+        if args.tucker_max_steps is not None:  # as above: embeddings cached before the flag existed still match
+            request["tucker_max_steps"] = args.tucker_max_steps
         cached = embeddings_file.is_file() and request_file.is_file() and read_json(request_file) == request
         if accelerator.is_main_process and not cached:
             if embeddings_file.is_file():

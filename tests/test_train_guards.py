@@ -85,9 +85,9 @@ def test_cached_embeddings_are_pretrained_again_for_other_tucker_flags(train_scr
     output.mkdir()
     accelerator = Accelerator(cpu=True)
 
-    def embeddings(dim: int, epochs: int = 1):
+    def embeddings(dim: int, epochs: int = 1, max_steps: int | None = None):
         args = Namespace(dataset=str(tmp_path / "plain"), output_dir=output, embedding_dim=dim, tucker_epochs=epochs,
-                         tucker_max_seconds=None)
+                         tucker_max_seconds=None, tucker_max_steps=max_steps)
         return train_script.load_dataset(args, accelerator).entity_embeddings
 
     assert embeddings(8).shape[1] == 8
@@ -95,6 +95,14 @@ def test_cached_embeddings_are_pretrained_again_for_other_tucker_flags(train_scr
     assert embeddings(8).shape[1] == 8 and (output / EMBEDDINGS_FILE).stat().st_mtime_ns == stamp  # reused
     assert embeddings(12).shape[1] == 12  # not the stale d=8 file
     assert embeddings(12, epochs=2).shape[1] == 12 and (output / EMBEDDINGS_FILE).stat().st_mtime_ns != stamp
+    request = json.loads((output / train_script.EMBEDDINGS_REQUEST_FILE).read_text())
+    assert "tucker_max_steps" not in request  # unset: the request reads as before the flag, so old caches match
+    stamp = (output / EMBEDDINGS_FILE).stat().st_mtime_ns
+    embeddings(12, epochs=2, max_steps=1)
+    assert (output / EMBEDDINGS_FILE).stat().st_mtime_ns != stamp
+    stamp = (output / EMBEDDINGS_FILE).stat().st_mtime_ns
+    embeddings(12, epochs=2, max_steps=1)
+    assert (output / EMBEDDINGS_FILE).stat().st_mtime_ns == stamp
     (output / train_script.EMBEDDINGS_REQUEST_FILE).unlink()  # what an older version left
     before = (output / EMBEDDINGS_FILE).stat().st_mtime_ns
     embeddings(12, epochs=2)
