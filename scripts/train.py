@@ -280,6 +280,10 @@ def check_numeric_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
     if not 0 < args.learning_rate <= MAX_LEARNING_RATE:
         parser.error(f"--learning_rate must be in (0, {MAX_LEARNING_RATE:g}], got {args.learning_rate} (a larger one "
                      "overflows AdamW's float32 steps; useful values are about 1e-5 to 1e-2)")
+    if args.tucker_max_steps is not None and args.tucker_max_steps < 1:
+        parser.error(f"--tucker_max_steps must be >= 1, got {args.tucker_max_steps}")
+    if args.tucker_max_seconds is not None and not args.tucker_max_seconds > 0:
+        parser.error(f"--tucker_max_seconds must be > 0, got {args.tucker_max_seconds}")
     if args.num_donors is not None and args.num_donors < 1:
         parser.error(f"--num_donors must be >= 1, got {args.num_donors}")
     if args.meta_pattern_weight < 0:

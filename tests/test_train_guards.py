@@ -54,6 +54,9 @@ def test_an_output_dir_that_is_inside_or_holds_the_dataset_is_refused(train_scri
     ("flags", "expected"),
     [
         (("--num_donors", "0"), "--num_donors must be >= 1, got 0"),
+        (("--tucker_max_steps", "0"), "--tucker_max_steps must be >= 1, got 0"),
+        (("--tucker_max_seconds", "-5"), "--tucker_max_seconds must be > 0, got -5.0"),
+        (("--tucker_max_seconds", "nan"), "--tucker_max_seconds must be > 0, got nan"),
         (("--meta_pattern_weight", "-10"), "--meta_pattern_weight must be >= 0"),
         (("--max_grad_norm", "0"), "--max_grad_norm must be > 0"),
         (("--learning_rate", "1e38"), "--learning_rate must be in (0, 1e+12], got 1e+38"),

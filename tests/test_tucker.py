@@ -104,6 +104,9 @@ def test_step_budget_stops_mid_epoch_and_repeats_exactly():
     assert unlimited["steps"] == 2 * steps_per_epoch and unlimited["stopped_by"] == "epochs"
     with pytest.raises(ValueError, match="max_steps must be >= 1"):
         pretrain_tucker(kg, max_steps=0, **options)
+    for seconds in (-5.0, 0.0, float("nan")):  # would train one step and save the embeddings as if trained
+        with pytest.raises(ValueError, match="max_seconds must be > 0"):
+            pretrain_tucker(kg, max_seconds=seconds, **options)
 
 
 def test_split_held_out_keeps_every_entity_and_relation_in_training():

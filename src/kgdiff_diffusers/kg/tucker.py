@@ -380,6 +380,8 @@ def pretrain_tucker(
         )
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"pretrain_tucker: max_steps must be >= 1 (or None for no limit), got {max_steps}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"pretrain_tucker: max_seconds must be > 0 (or None for no limit), got {max_seconds}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"pretrain_tucker: label_smoothing must be in [0, 1), got {label_smoothing}")
     if len(kg.triples) < 2:
