@@ -21,6 +21,12 @@ _MAX_TRANSLATED_RADIUS = {"hyperbolic": 3.0, "spherical": 0.24 * math.pi}
 _TRANSLATED_TAIL_NORM = 0.5
 NEIGHBOR_WEIGHTINGS = ("uniform", "relation")
 GEOMETRY_FORMS = ("as_published", "translated")
+# geoopt's stereographic functions are TorchScript. The optimising executor runs a function's first call as
+# profiled eager ops and later calls through autodiff subgraphs whose derivative formulas round differently: the
+# gradients of the curvature and embeddings depended on how often the functions had run, so a resumed run's first
+# step did not repeat the uninterrupted run's bit for bit. Unoptimised, every call differentiates alike (unless
+# other code already ran them optimised in this process: the executor keeps an optimised plan).
+_same_gradients_every_call = torch.jit.optimized_execution(False)
 
 
 class KGConditionEncoder(ModelMixin, ConfigMixin):
@@ -260,6 +266,7 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         """``c1`` for ``"hyperbolic"``, ``c2`` for ``"spherical"``."""
         return self.hyperbolic_curvature if geometry == "hyperbolic" else self.spherical_curvature
 
+    @_same_gradients_every_call
     def _geometric_message(self, relation: torch.Tensor, tail: torch.Tensor, geometry: str) -> torch.Tensor:
         """``log_0^c(r (x)_c exp_0^c(t))`` for ``(E, d)`` relation and tail embeddings."""
         k = self.curvature(geometry)
@@ -321,6 +328,7 @@ class KGConditionEncoder(ModelMixin, ConfigMixin):
         averaged.index_add_(0, edge_node, messages * weights.unsqueeze(-1))
         return torch.sigmoid(averaged)
 
+    @_same_gradients_every_call
     def expert_summaries(
         self, edge_node: torch.Tensor, relation_id: torch.Tensor, neighbor_id: torch.Tensor, num_nodes: int
     ) -> dict[str, torch.Tensor]:
