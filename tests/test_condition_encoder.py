@@ -107,7 +107,7 @@ def test_curvature_signs_cannot_flip_under_adam():
         optimiser.zero_grad()
         (encoder.spherical_curvature - encoder.hyperbolic_curvature).backward()
         optimiser.step()
-    c1, c2 = float(encoder.hyperbolic_curvature), float(encoder.spherical_curvature)
+    c1, c2 = encoder.hyperbolic_curvature.item(), encoder.spherical_curvature.item()
     assert c1 < 0 < c2
     assert c1 > -1e-3 and c2 < 1e-3  # they did move all the way towards zero
 
