@@ -117,6 +117,14 @@ def test_negative_and_absurd_values_are_refused_with_the_file_named() -> None:
     assert prepared.days.min() == -3.0
 
 
+def test_nan_bounds_are_refused_not_a_check_switched_off() -> None:
+    data = flow_data()
+    data.values[4, 50, 0] = 1e30
+    for bounds in ({"valid_max": float("nan")}, {"valid_min": float("nan")}):
+        with pytest.raises(ValueError, match=f"{next(iter(bounds))} must be a number or None, got nan"):
+            prepare_dataset(data, make_kg(data), "flows", test_fraction=1 / 3, **bounds)
+
+
 def test_declared_sentinel_is_missing() -> None:
     data = flow_data()
     data.values[0, 3, 0] = -1.0

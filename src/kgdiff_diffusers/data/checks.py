@@ -64,6 +64,9 @@ def plausible_range(
     Returns:
         ``(low, high)``, each ``(D,)`` float64.
     """
+    for name, bound in (("valid_min", valid_min), ("valid_max", valid_max)):
+        if bound is not None and np.isnan(bound):  # NaN compares False with every value: no range check at all
+            raise ValueError(f"{name} must be a number or None, got {bound}")
     num_features = values.shape[-1]
     high = np.full(num_features, np.inf)
     for d in range(num_features):
