@@ -71,7 +71,7 @@ from kgdiff_diffusers.data.loaders import (
     reading,
     require_file,
 )
-from kgdiff_diffusers.data.prepared import PreparedDataset, check_output_folder, prepare_dataset
+from kgdiff_diffusers.data.prepared import FOLDER_ENTRIES, PreparedDataset, check_output_folder, prepare_dataset
 from kgdiff_diffusers.data.series import SpatioTemporalData
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.kg.builders import build_area_kg, build_sensor_kg
@@ -209,6 +209,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "(e.g. 5, 10, 15, 30, 60); resample the data first"
         )
     return args
+
+
+INPUT_FLAGS = ("h5", "locations", "csv", "npz", "zones", "table", "node_table", "distances_csv", "station_meta",
+               "osm_edges", "kg_triples", "adjacency", "polygons")
+
+
+def check_inputs_survive_the_output(args: argparse.Namespace) -> None:
+    """Refuses an input file that writing ``--output`` would replace (e.g. ``--node_table OUT/nodes.csv``)."""
+    output = args.output.resolve()
+    for flag in INPUT_FLAGS:
+        path = getattr(args, flag)
+        if path is None:
+            continue
+        resolved = path.resolve()
+        entry = next((e for e in FOLDER_ENTRIES if output / e == resolved or output / e in resolved.parents), None)
+        if entry is not None:
+            raise ValueError(
+                f"--{flag} {path} is inside --output {args.output}, where preparing writes its own {entry}: the "
+                "input would be replaced; move it out of the output folder or choose another --output"
+            )
 
 
 def load_data(args: argparse.Namespace) -> tuple[SpatioTemporalData, KnowledgeGraph | None]:
@@ -360,6 +380,7 @@ def main(argv: list[str] | None = None) -> PreparedDataset | None:
     if args.check:
         run_check(args)
         return None
+    check_inputs_survive_the_output(args)
     check_output_folder(args.output, args.overwrite)
     data, kg = load_data(args)
     if kg is None:

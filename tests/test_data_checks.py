@@ -173,6 +173,19 @@ def test_overwrite_interrupted_keeps_the_old_folder(tmp_path: Path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
 
 
+def test_overwrite_never_replaces_an_input_inside_the_output_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "my_city"
+    folder.mkdir()
+    write_long_table(flow_data(num_nodes=4), folder / "flows.csv", folder / "nodes.csv")
+    original = (folder / "nodes.csv").read_text()
+    argv = ["--layout", "long-table", "--table", str(folder / "flows.csv"), "--node_table", str(folder / "nodes.csv"),
+            "--no_kg_embeddings", "--output", str(folder), "--overwrite"]
+    with pytest.raises(ValueError, match=r"--node_table .*nodes.csv is inside --output .*my_city, where preparing "
+                                         r"writes its own nodes.csv"):
+        load_script().main(argv)
+    assert (folder / "nodes.csv").read_text() == original
+
+
 # ------------------------------------------------------------ broken files: one line naming the file
 
 
