@@ -110,6 +110,7 @@ PRESETS = {
 VALIDATION_FILE = "validation.json"
 # What produced OUTPUT/kg_embeddings.safetensors (KG digest, TuckER flags): other flags pretrain them again.
 EMBEDDINGS_REQUEST_FILE = "kg_embeddings_request.json"
+SYNTHETIC_REQUEST_FILE = "synthetic_request.json"
 # AdamW's first step is learning_rate / (1 - 0.9); far above this it overflows float32.
 MAX_LEARNING_RATE = 1e12
 VALIDATION_METRICS = ("crps", "mae", "rmse", "mmd_fixed_bandwidth", "mmd", "jsd")
@@ -272,6 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
     check_numeric_flags(parser, args)
     check_output_dir_is_not_the_dataset(parser, args)
+    check_synthetic_city_folder(parser, args)
     return args
 
 
@@ -323,6 +325,18 @@ def check_output_dir_is_not_the_dataset(parser: argparse.ArgumentParser, args: a
                      "--output_dir outside it")
 
 
+def check_synthetic_city_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses, for --dataset synthetic-city, an OUTPUT/data folder that is not a city cached by an earlier run:
+    building the city there deletes it."""
+    data_dir = args.output_dir / "data"
+    if args.dataset != "synthetic-city" or args.overwrite_output_dir or not data_dir.exists():
+        return
+    if not (data_dir / SYNTHETIC_REQUEST_FILE).is_file():
+        parser.error(f"--output_dir {args.output_dir} holds a data folder that is not a synthetic city cached by "
+                     f"train.py (no {SYNTHETIC_REQUEST_FILE}); --dataset synthetic-city builds its city there and "
+                     "would delete it: choose another --output_dir, or pass --overwrite_output_dir to delete it")
+
+
 def model_config(args: argparse.Namespace) -> KGDiffModelConfig:
     overrides = {
         field.name: getattr(args, field.name)
@@ -354,7 +368,7 @@ def load_dataset(args: argparse.Namespace, accelerator: Accelerator) -> Prepared
         # budgets join the key only when given, so that a city cached before they existed is still found
         request.update({k: getattr(args, k) for k in ("tucker_max_seconds", "tucker_max_steps")
                         if getattr(args, k) is not None})
-        request_file = data_dir / "synthetic_request.json"
+        request_file = data_dir / SYNTHETIC_REQUEST_FILE
         cached = request_file.is_file() and json.loads(request_file.read_text()) == request
         if accelerator.is_main_process and not cached:
             if data_dir.exists():

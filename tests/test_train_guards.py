@@ -50,6 +50,15 @@ def test_an_output_dir_that_is_inside_or_holds_the_dataset_is_refused(train_scri
     assert "choose an --output_dir outside" in message
 
 
+def test_a_data_folder_that_is_no_cached_city_is_not_deleted_for_the_synthetic_city(train_script, capsys, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "measurements.csv").write_text("mine")
+    message = parse_error(train_script, capsys, "--output_dir", str(tmp_path))
+    assert f"--output_dir {tmp_path} holds a data folder that is not a synthetic city cached by train.py" in message
+    (tmp_path / "data" / "synthetic_request.json").write_text("{}")  # a city cached for other flags is rebuilt
+    train_script.parse_args([*TINY, "--output_dir", str(tmp_path)])
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
