@@ -521,3 +521,13 @@ def test_dataset_dry_run_script(run, capsys, monkeypatch):
     assert re.findall(r"^  (\S+)$", out.split("--- README.md ---")[0], flags=re.MULTILINE) == upload.files
     with pytest.raises(SystemExit):
         script.parse_args(["--dataset", "d", "--repo_id", "u/n", "--dataset_repo_id", "u/d"])
+
+
+def test_a_bad_repo_id_is_refused_even_in_a_dry_run(run):
+    for repo_id in ("user/kgdiff/extra", "my model"):
+        with pytest.raises(ValueError, match=f"repo_id '{repo_id}' is not a Hub repository id such as USER/NAME"):
+            hub.push_pipeline(run.model_dir, repo_id, dry_run=True)
+        with pytest.raises(ValueError, match=f"repo_id '{repo_id}' is not a Hub repository id"):
+            hub.push_prepared_dataset(run.dataset_dir, repo_id, dry_run=True)
+    with pytest.raises(ValueError, match="dataset_repo_id 'a/b/c' is not a Hub repository id"):
+        hub.push_pipeline(run.model_dir, REPO_ID, dry_run=True, dataset_repo_id="a/b/c")

@@ -47,6 +47,7 @@ from huggingface_hub import (
     get_token,
 )
 from huggingface_hub.repocard import RepoCard
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
 
 from .data.prepared import DAYS_DIR, DAYS_PARQUET, EMBEDDINGS_FILE, KG_DIR, META_FILE, NODES_FILE
@@ -473,6 +474,15 @@ def _resolve_token(token: str | None) -> str:
     return token
 
 
+def check_repo_id(repo_id: str, name: str = "repo_id") -> None:
+    """``ValueError`` naming ``name`` when ``repo_id`` is not a Hub repository id (a dry run would accept it and a
+    push fail only after writing the card)."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"{name} {repo_id!r} is not a Hub repository id such as USER/NAME: {err}") from None
+
+
 def push_pipeline(
     model_dir: str | os.PathLike,
     repo_id: str,
@@ -504,6 +514,9 @@ def push_pipeline(
     Returns:
         :class:`HubUpload` (``commit_url`` is ``None`` for a dry run).
     """
+    check_repo_id(repo_id)
+    if dataset_repo_id is not None:
+        check_repo_id(dataset_repo_id, "dataset_repo_id")
     card = render_model_card(
         model_dir,
         flavour=flavour,
@@ -746,6 +759,7 @@ def push_prepared_dataset(
     Returns:
         :class:`HubUpload` (``commit_url`` is ``None`` for a dry run).
     """
+    check_repo_id(repo_id)
     if not dry_run:
         token = _resolve_token(token)
     with tempfile.TemporaryDirectory(prefix="kgdiff-dataset-") as staging:
