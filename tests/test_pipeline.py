@@ -184,6 +184,11 @@ def test_a_new_node_cannot_take_the_id_of_a_known_node(tiny_pipeline):
         tiny_pipeline(new_nodes={"node2": [("R1", "E30")]}, num_inference_steps=2)
 
 
+def test_new_nodes_that_are_not_a_mapping_are_refused(tiny_pipeline):
+    with pytest.raises(TypeError, match=r"new_nodes must map new node ids to \[\(relation, entity\), ...\], got list"):
+        tiny_pipeline(new_nodes=[("p", [("R1", "E30")])], num_inference_steps=2)
+
+
 def test_many_samples_stream_in_batch_size_chunks_with_results_independent_of_batch_size(tiny_pipeline):
     """Denoiser calls see at most batch_size days, and one generator gives the same days for any batch_size."""
     sizes = []

@@ -822,6 +822,10 @@ class KGDiffPipeline(DiffusionPipeline):
         if isinstance(node_ids, (str, bytes)):
             raise TypeError(f"node_ids must be a list of node ids, got the string {node_ids!r}; use [{node_ids!r}]")
         node_ids = [] if node_ids is None else list(node_ids)
+        if new_nodes is not None and not isinstance(new_nodes, Mapping):
+            raise TypeError(
+                f"new_nodes must map new node ids to [(relation, entity), ...], got {type(new_nodes).__name__}"
+            )
         new_nodes = {str(node_id): pairs for node_id, pairs in (new_nodes or {}).items()}
         self._check_arguments(
             node_ids, new_nodes, num_samples, num_inference_steps, generator, output_type, batch_size
