@@ -174,6 +174,15 @@ def _toy_nodes():
     return generated, real, real_mask
 
 
+def test_pooled_mmd_of_one_generated_and_one_real_day_is_undefined_not_a_constant():
+    generated, real, real_mask = _toy_nodes()
+    real_mask[1] = [True] + [False] * 5  # nodes 1 and 2: one real day each
+    result = evaluate_nodes(generated[:, :1], real, real_mask)  # one generated day per node
+    assert np.isnan(result["per_node"]["mmd"][1:]).all() and result["num_nodes_mmd"] == 1
+    assert result["mmd"] == pytest.approx(naive_mmd(generated[0, :1], real[0][real_mask[0]]))
+    assert np.isfinite(evaluate_nodes(generated[:, :2], real, real_mask)["per_node"]["mmd"]).all()
+
+
 def test_evaluate_nodes_per_node_values_and_means():
     generated, real, real_mask = _toy_nodes()
     result = evaluate_nodes(generated, real, real_mask, jsd_bins=10)

@@ -347,8 +347,9 @@ def evaluate_nodes(
 
     Returns:
         A dict with, for each metric name in ``mae, rmse, mmd, mmd_fixed_bandwidth, jsd, crps, spread_ratio,
-        out_of_range``, the mean over test nodes (``mmd_fixed_bandwidth`` and ``spread_ratio``: over the nodes
-        where they are defined, counted in ``num_nodes_mmd_fixed_bandwidth`` / ``num_nodes_spread_ratio``);
+        out_of_range``, the mean over test nodes (``mmd``, ``mmd_fixed_bandwidth`` and ``spread_ratio``: over the
+        nodes where they are defined, counted in ``num_nodes_mmd``, ``num_nodes_mmd_fixed_bandwidth`` and
+        ``num_nodes_spread_ratio``; the pooled-bandwidth MMD needs more than one generated or real day);
         ``lower_bound``: the ``(D,)`` bound used (``None`` entries = no bound); ``rmse_pooled`` (KSTDiff's RMSE:
         sqrt of the mean squared mean-day error over all nodes, steps and features); ``num_nodes``;
         ``per_node``: a dict of ``(N,)`` arrays for the eight metrics plus ``num_real_days`` and
@@ -368,7 +369,8 @@ def evaluate_nodes(
         node_real = real[node][real_mask[node]]
         node_generated = generated[node][generated_mask[node]]
         per_node["mae"][node], per_node["rmse"][node] = mean_day_errors(node_generated, node_real)
-        per_node["mmd"][node] = mmd(node_generated, node_real)
+        if node_generated.shape[0] + node_real.shape[0] > 2:  # one day each: their distance is the bandwidth,
+            per_node["mmd"][node] = mmd(node_generated, node_real)  # so the MMD would be one constant for any days
         if node_real.shape[0] >= 2:
             fixed = mean_pairwise_squared_distance(node_real)
             per_node["mmd_fixed_bandwidth"][node] = mmd(node_generated, node_real, bandwidth=fixed)
@@ -386,6 +388,7 @@ def evaluate_nodes(
         result[name] = float(np.mean(per_node[name][defined])) if defined.any() else math.nan
     result["rmse_pooled"] = float(np.sqrt(np.mean(per_node["rmse"] ** 2)))
     result["num_nodes"] = int(real.shape[0])
+    result["num_nodes_mmd"] = int(np.isfinite(per_node["mmd"]).sum())
     result["num_nodes_mmd_fixed_bandwidth"] = int(np.isfinite(per_node["mmd_fixed_bandwidth"]).sum())
     result["num_nodes_spread_ratio"] = int(np.isfinite(per_node["spread_ratio"]).sum())
     bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), real.shape[-1:])
