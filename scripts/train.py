@@ -286,6 +286,9 @@ def check_numeric_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--tucker_max_steps must be >= 1, got {args.tucker_max_steps}")
     if args.tucker_max_seconds is not None and not args.tucker_max_seconds > 0:
         parser.error(f"--tucker_max_seconds must be > 0, got {args.tucker_max_seconds}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        parser.error(f"--checkpoints_total_limit must be >= 1 (how many checkpoints to keep), got "
+                     f"{args.checkpoints_total_limit}")
     if args.num_donors is not None and args.num_donors < 1:
         parser.error(f"--num_donors must be >= 1, got {args.num_donors}")
     if args.meta_pattern_weight < 0:

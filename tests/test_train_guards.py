@@ -63,6 +63,8 @@ def test_a_data_folder_that_is_no_cached_city_is_not_deleted_for_the_synthetic_c
     ("flags", "expected"),
     [
         (("--num_donors", "0"), "--num_donors must be >= 1, got 0"),
+        (("--checkpoints_total_limit", "0"), "--checkpoints_total_limit must be >= 1 (how many checkpoints to keep)"),
+        (("--checkpoints_total_limit", "-2"), "--checkpoints_total_limit must be >= 1 (how many checkpoints to keep)"),
         (("--tucker_max_steps", "0"), "--tucker_max_steps must be >= 1, got 0"),
         (("--tucker_max_seconds", "-5"), "--tucker_max_seconds must be > 0, got -5.0"),
         (("--tucker_max_seconds", "nan"), "--tucker_max_seconds must be > 0, got nan"),
