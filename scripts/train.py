@@ -286,6 +286,14 @@ def check_numeric_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--tucker_max_steps must be >= 1, got {args.tucker_max_steps}")
     if args.tucker_max_seconds is not None and not args.tucker_max_seconds > 0:
         parser.error(f"--tucker_max_seconds must be > 0, got {args.tucker_max_seconds}")
+    for name in ("embedding_dim", "condition_dim", "layers_per_block", "meta_pattern_hidden_dim"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:  # 0 builds a model without that part
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if isinstance(args.block_out_channels, str):
+        channels = args.block_out_channels.split(",")
+        if not all(c.strip().isdigit() and int(c) >= 1 for c in channels):
+            parser.error(f"--block_out_channels must be comma-separated positive ints such as 64,128,128, got "
+                         f"{args.block_out_channels!r}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         parser.error(f"--checkpoints_total_limit must be >= 1 (how many checkpoints to keep), got "
                      f"{args.checkpoints_total_limit}")
