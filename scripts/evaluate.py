@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.num_inference_steps < 1:
         parser.error(f"--num_inference_steps must be >= 1; got {args.num_inference_steps}")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0; got {args.seed}")
+    if not 0 <= args.seed < 2**63:  # seeds torch.Generator, which takes 64 bits, plus small per-day-type offsets
+        parser.error(f"--seed must be in [0, 2**63); got {args.seed}")
     if args.save_samples is not None and args.save_samples.suffix != ".npz":
         parser.error(f"--save_samples must name a .npz file; got {args.save_samples}")
     return args

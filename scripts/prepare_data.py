@@ -201,6 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     missing = [name for name in missing if getattr(args, name[2:]) is None]
     if missing:
         parser.error(f"--layout {args.layout} needs {' '.join(missing)}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0; got {args.seed}")
     if args.interval_minutes is not None and not (
         args.interval_minutes > 0 and MINUTES_PER_DAY % args.interval_minutes == 0
     ):

@@ -294,6 +294,8 @@ def check_numeric_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
         if not all(c.strip().isdigit() and int(c) >= 1 for c in channels):
             parser.error(f"--block_out_channels must be comma-separated positive ints such as 64,128,128, got "
                          f"{args.block_out_channels!r}")
+    if not 0 <= args.seed < 2**32:  # Accelerate's set_seed seeds numpy's legacy generator too
+        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         parser.error(f"--checkpoints_total_limit must be >= 1 (how many checkpoints to keep), got "
                      f"{args.checkpoints_total_limit}")

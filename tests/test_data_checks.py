@@ -395,6 +395,12 @@ def test_zero_interval_is_refused_by_the_script(tmp_path: Path, capsys) -> None:
     assert "--interval_minutes 0 must be a positive number of minutes that divides a day" in capsys.readouterr().err
 
 
+def test_negative_seed_is_refused_naming_the_flag(capsys) -> None:
+    with pytest.raises(SystemExit):
+        load_script().parse_args(["--layout", "synthetic-city", "--check", "--seed", "-1"])
+    assert "--seed must be >= 0; got -1" in capsys.readouterr().err
+
+
 def test_check_warns_about_a_stuck_sensor(tmp_path: Path, capsys) -> None:
     script = load_script()
     argv = write_wide_sensors(tmp_path)

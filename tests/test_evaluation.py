@@ -250,9 +250,10 @@ def test_evaluate_script_checks_its_arguments_before_loading(tiny, tmp_path, cap
     args = ["--model", str(model_dir), "--data", str(data_dir), "--output_dir", str(tmp_path / "eval")]
     with pytest.raises(FileExistsError, match="--save_samples .*samples.npz exists; pass --overwrite"):
         evaluate.main([*args, "--save_samples", str(samples)])
-    with pytest.raises(SystemExit):
-        evaluate.parse_args([*args, "--seed", "-1"])
-    assert "--seed must be >= 0; got -1" in capsys.readouterr().err
+    for seed in ("-1", str(2**64)):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args([*args, "--seed", seed])
+        assert f"--seed must be in [0, 2**63); got {seed}" in capsys.readouterr().err
 
 
 def test_pipeline_dataset_mismatch_is_a_clear_error(tiny):

@@ -67,6 +67,7 @@ def test_a_data_folder_that_is_no_cached_city_is_not_deleted_for_the_synthetic_c
         (("--embedding_dim", "-3"), "--embedding_dim must be >= 1, got -3"),
         (("--block_out_channels", "16,abc"), "--block_out_channels must be comma-separated positive ints"),
         (("--block_out_channels", "0,32"), "--block_out_channels must be comma-separated positive ints"),
+        (("--seed", "-1"), "--seed must be in [0, 2**32), got -1"),
         (("--checkpoints_total_limit", "0"), "--checkpoints_total_limit must be >= 1 (how many checkpoints to keep)"),
         (("--checkpoints_total_limit", "-2"), "--checkpoints_total_limit must be >= 1 (how many checkpoints to keep)"),
         (("--tucker_max_steps", "0"), "--tucker_max_steps must be >= 1, got 0"),
