@@ -57,7 +57,7 @@ from kgdiff_diffusers.checkpointing import (
     verify_checkpoint,
 )
 from kgdiff_diffusers.data.days import split_validation_nodes
-from kgdiff_diffusers.data.prepared import EMBEDDINGS_FILE, PreparedDataset, prepare_dataset
+from kgdiff_diffusers.data.prepared import EMBEDDINGS_FILE, FOLDER_ENTRIES, PreparedDataset, prepare_dataset
 from kgdiff_diffusers.data.synthetic import make_synthetic_city
 from kgdiff_diffusers.evaluation import (
     METRICS_FILE,
@@ -339,14 +339,16 @@ def check_output_dir_is_not_the_dataset(parser: argparse.ArgumentParser, args: a
 
 
 def check_synthetic_city_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuses, for --dataset synthetic-city, an OUTPUT/data folder that is not a city cached by an earlier run:
-    building the city there deletes it."""
+    """Refuses, for --dataset synthetic-city, an OUTPUT/data that holds anything a cached city does not: building
+    the city there deletes the folder (a city build interrupted before its request file is still rebuilt)."""
     data_dir = args.output_dir / "data"
     if args.dataset != "synthetic-city" or args.overwrite_output_dir or not data_dir.exists():
         return
-    if not (data_dir / SYNTHETIC_REQUEST_FILE).is_file():
+    own = {*FOLDER_ENTRIES, SYNTHETIC_REQUEST_FILE}
+    foreign = sorted(p.name for p in data_dir.iterdir() if p.name not in own) if data_dir.is_dir() else ["(a file)"]
+    if foreign:
         parser.error(f"--output_dir {args.output_dir} holds a data folder that is not a synthetic city cached by "
-                     f"train.py (no {SYNTHETIC_REQUEST_FILE}); --dataset synthetic-city builds its city there and "
+                     f"train.py ({', '.join(foreign[:3])}); --dataset synthetic-city builds its city there and "
                      "would delete it: choose another --output_dir, or pass --overwrite_output_dir to delete it")
 
 

@@ -55,7 +55,13 @@ def test_a_data_folder_that_is_no_cached_city_is_not_deleted_for_the_synthetic_c
     (tmp_path / "data" / "measurements.csv").write_text("mine")
     message = parse_error(train_script, capsys, "--output_dir", str(tmp_path))
     assert f"--output_dir {tmp_path} holds a data folder that is not a synthetic city cached by train.py" in message
-    (tmp_path / "data" / "synthetic_request.json").write_text("{}")  # a city cached for other flags is rebuilt
+    assert "(measurements.csv)" in message
+    (tmp_path / "data" / "synthetic_request.json").write_text("{}")  # a request file does not make it a city
+    assert "(measurements.csv)" in parse_error(train_script, capsys, "--output_dir", str(tmp_path))
+    (tmp_path / "data" / "measurements.csv").unlink()
+    (tmp_path / "data" / "nodes.csv").write_text("")  # what a city cached for other flags holds: rebuilt
+    train_script.parse_args([*TINY, "--output_dir", str(tmp_path)])
+    (tmp_path / "data" / "synthetic_request.json").unlink()  # a city build killed before its request file: rebuilt
     train_script.parse_args([*TINY, "--output_dir", str(tmp_path)])
 
 
