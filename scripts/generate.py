@@ -113,6 +113,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give --node_ids and/or --new_node")
     if args.new_nodes and args.data is None:
         parser.error("--new_node needs --data (the prepared dataset folder: its node table and KG)")
+    if args.data is not None and not args.data.is_dir():
+        parser.error(f"--data {args.data} is not a folder (the prepared dataset the pipeline was trained on)")
+    if args.data is not None and not args.new_nodes:
+        logger.warning("--data is read only for --new_node places; known --node_ids need only the pipeline")
     if args.output.suffix not in OUTPUT_SUFFIXES:
         parser.error(f"--output {args.output}: the suffix must be one of {OUTPUT_SUFFIXES}")
     if args.num_samples < 1 or args.num_inference_steps < 1:
@@ -194,8 +198,13 @@ def new_node_conditions(args: argparse.Namespace, pipe: KGDiffPipeline) -> dict[
             logger.warning("--new_node %s: its POIs do not reach its condition (the encoder reads the node's "
                            "direct KG neighbours that the pipeline has embeddings for)", name)
         if not kept:
-            raise ValueError(f"--new_node {name}: none of its {len(triples)} KG links reaches an entity the "
-                             "pipeline knows; is --data the dataset the pipeline was trained on?")
+            unknown = ", ".join(f"{relation} -> {neighbor}" for relation, neighbor in dropped[:3]) or "none"
+            raise ValueError(
+                f"--new_node {name}: none of its {len(triples)} KG links has a relation and entity the pipeline knows "
+                f"(unknown: {unknown}). A place far from every node of --data links only to a new grid cell or by a "
+                "distance band that training never saw: place it nearer the trained nodes, or check that --data is "
+                "the dataset the pipeline was trained on"
+            )
         logger.info("--new_node %s (%s at %.5f, %.5f): %d KG neighbours", name, entity, place["lat"],
                     place["lon"], len(kept))
         conditions[name] = kept

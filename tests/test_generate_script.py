@@ -82,6 +82,10 @@ def test_new_place_is_linked_to_its_nearest_sensor(tiny, generate):
     assert ("SNS_1km", nearest) in pairs and ("SNS_1km_inv", nearest) in pairs
     assert all(relation in pipe.config.relation_names and entity in pipe.config.entity_names
                for relation, entity in pairs)
+    far = {"name": "far_away", "lat": args.new_nodes[0]["lat"] + 1.0, "lon": args.new_nodes[0]["lon"], "pois": []}
+    args.new_nodes = [far]  # ~110 km north: a new grid cell, and a distance band training never saw
+    with pytest.raises(ValueError, match=r"--new_node far_away: none of its \d+ KG links .* place it nearer"):
+        generate.new_node_conditions(args, pipe)
     with pytest.raises(ValueError, match="already a node id"):
         args.new_nodes[0]["name"] = dataset.node_ids[3]
         generate.new_node_conditions(args, pipe)
@@ -97,6 +101,7 @@ def test_generate_rejects_unknown_ids_and_bad_arguments(tiny, generate, tmp_path
         ["--poi", "a:school", "--new_node", "p:37.5,-121.0", "--data", str(data_dir)],  # POI before its node
         ["--new_node", "p:37.5", "--data", str(data_dir)],  # no longitude
         ["--node_ids", "00", "--output", str(tmp_path / "x.txt")],  # unknown format
+        ["--node_ids", "00", "--data", str(tmp_path / "missing")],  # a --data that is not there, even if unused
     ):
         with pytest.raises(SystemExit):
             generate.parse_args(["--model", str(model_dir), "--output", output, *bad])
