@@ -402,3 +402,11 @@ def test_node_ids_with_tabs_or_line_breaks_are_refused(tmp_path: Path, character
     with pytest.raises(ValueError, match=r"node_table: entity .* contains " + name):
         SpatioTemporalData(np.zeros((1, 2, 1)), pd.date_range("2024-01-01", periods=2, freq="5min"), nodes,
                            ["speed"], 5, False)
+
+
+@pytest.mark.parametrize("names", [["sample"], ["timestamp"], ["speed", "speed"]])
+def test_feature_names_that_would_clash_in_the_output_tables_are_refused(names):
+    nodes = pd.DataFrame({"node_id": ["a"], "lat": [34.0], "lon": [-118.0], "entity": ["Sensor/a"]})
+    with pytest.raises(ValueError, match=r"must be unique and not \['node_id', 'sample', 'step', 'timestamp'\]"):
+        SpatioTemporalData(np.zeros((1, 2, len(names))), pd.date_range("2024-01-01", periods=2, freq="5min"), nodes,
+                           names, 5, False)

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 NODE_TABLE_COLUMNS = ("node_id", "lat", "lon", "entity")
+# Columns of the tables that generated days come back as (the pipeline's "pd" output, scripts/generate.py).
+RESERVED_FEATURE_NAMES = ("node_id", "sample", "step", "timestamp")
 # The prepared folder's KG files are tab-separated lines, so these can never be part of a node id or entity.
 FORBIDDEN_ID_CHARACTERS = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return"}
 
@@ -78,6 +80,13 @@ class SpatioTemporalData:
             raise ValueError(f"{len(self.timestamps)} timestamps for {num_steps} time steps in values")
         if len(self.feature_names) != num_features:
             raise ValueError(f"{len(self.feature_names)} feature names for {num_features} features in values")
+        clashes = [name for name in self.feature_names if name in RESERVED_FEATURE_NAMES]
+        if clashes or len(set(self.feature_names)) != num_features:
+            raise ValueError(
+                f"feature names {self.feature_names} must be unique and not {list(RESERVED_FEATURE_NAMES)}: generated "
+                "days are returned as a table with those columns next to one column per feature; rename the feature "
+                "column(s)"
+            )
         if int(self.interval_minutes) != self.interval_minutes or self.interval_minutes <= 0:
             raise ValueError(f"interval_minutes must be a positive whole number; got {self.interval_minutes}")
         self.interval_minutes = int(self.interval_minutes)
