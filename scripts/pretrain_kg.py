@@ -65,7 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag, value in (("--tucker_epochs", args.epochs), ("--tucker_max_steps", args.max_steps),
+                        ("--embedding_dim", args.embedding_dim), ("--patience", args.patience)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        parser.error(f"--tucker_max_seconds must be > 0, got {args.max_seconds}")
+    return args
 
 
 def resolve_graph(args: argparse.Namespace) -> tuple[KnowledgeGraph, Path]:

@@ -94,7 +94,7 @@ def test_train_script_wants_window_and_stride_together(capsys) -> None:
     assert "--delay_window and --delay_stride go together" in capsys.readouterr().err
 
 
-def test_one_tucker_default_and_meaning_across_scripts() -> None:
+def test_one_tucker_default_and_meaning_across_scripts(capsys) -> None:
     assert inspect.signature(pretrain_tucker).parameters["epochs"].default == DEFAULT_TUCKER_EPOCHS
     prepare = load("prepare_data").parse_args(["--layout", "synthetic-city", "--output", "o"])
     train = load("train").parse_args(["--dataset", "x", "--output_dir", "y"])
@@ -105,6 +105,12 @@ def test_one_tucker_default_and_meaning_across_scripts() -> None:
     again = load("pretrain_kg").parse_args(["--kg", "k", "--tucker_epochs", "7", "--tucker_max_seconds", "9",
                                             "--tucker_max_steps", "11"])
     assert (again.epochs, again.max_seconds, again.max_steps) == (7, 9.0, 11)
+    for flags, message in ((["--tucker_max_steps", "0"], "--tucker_max_steps must be >= 1, got 0"),
+                           (["--tucker_epochs", "0"], "--tucker_epochs must be >= 1, got 0"),
+                           (["--tucker_max_seconds", "nan"], "--tucker_max_seconds must be > 0, got nan")):
+        with pytest.raises(SystemExit):
+            load("pretrain_kg").parse_args(["--kg", "k", *flags])
+        assert message in capsys.readouterr().err
     budget = load("train").parse_args(["--dataset", "x", "--output_dir", "y", "--tucker_max_seconds", "3",
                                        "--tucker_max_steps", "5"])
     assert (budget.tucker_max_seconds, budget.tucker_max_steps) == (3, 5)
