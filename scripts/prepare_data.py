@@ -82,6 +82,7 @@ from kgdiff_diffusers.kg.tucker import (
     TUCKER_MAX_SECONDS_HELP,
     TUCKER_MAX_STEPS_HELP,
     pretrain_tucker,
+    tucker_budget_problems,
 )
 
 logger = logging.getLogger("prepare_data")
@@ -203,6 +204,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--layout {args.layout} needs {' '.join(missing)}")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0; got {args.seed}")
+    problems = tucker_budget_problems(args.tucker_epochs, args.tucker_max_steps, args.tucker_max_seconds)
+    if problems and not args.no_kg_embeddings:
+        parser.error("; ".join(f"--tucker_{problem}" for problem in problems))
     if args.interval_minutes is not None and not (
         args.interval_minutes > 0 and MINUTES_PER_DAY % args.interval_minutes == 0
     ):

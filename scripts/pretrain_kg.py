@@ -27,6 +27,7 @@ from kgdiff_diffusers.kg.tucker import (
     pretrain_tucker,
     read_triples_tsv,
     save_kg_embeddings,
+    tucker_budget_problems,
 )
 
 logger = logging.getLogger("pretrain_kg")
@@ -66,12 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
-    for flag, value in (("--tucker_epochs", args.epochs), ("--tucker_max_steps", args.max_steps),
-                        ("--embedding_dim", args.embedding_dim), ("--patience", args.patience)):
-        if value is not None and value < 1:
+    problems = tucker_budget_problems(args.epochs, args.max_steps, args.max_seconds)
+    if problems:
+        parser.error("; ".join(f"--tucker_{problem}" for problem in problems))
+    for flag, value in (("--embedding_dim", args.embedding_dim), ("--patience", args.patience)):
+        if value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
-    if args.max_seconds is not None and not args.max_seconds > 0:
-        parser.error(f"--tucker_max_seconds must be > 0, got {args.max_seconds}")
     return args
 
 

@@ -78,6 +78,7 @@ from kgdiff_diffusers.kg.tucker import (
     load_kg_embeddings,
     pretrain_tucker,
     save_kg_embeddings,
+    tucker_budget_problems,
 )
 from kgdiff_diffusers.models.condition_encoder import GEOMETRY_FORMS, NEIGHBOR_WEIGHTINGS
 from kgdiff_diffusers.models.donor_prior import DONOR_WEIGHTINGS
@@ -282,10 +283,9 @@ def check_numeric_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
     if not 0 < args.learning_rate <= MAX_LEARNING_RATE:
         parser.error(f"--learning_rate must be in (0, {MAX_LEARNING_RATE:g}], got {args.learning_rate} (a larger one "
                      "overflows AdamW's float32 steps; useful values are about 1e-5 to 1e-2)")
-    if args.tucker_max_steps is not None and args.tucker_max_steps < 1:
-        parser.error(f"--tucker_max_steps must be >= 1, got {args.tucker_max_steps}")
-    if args.tucker_max_seconds is not None and not args.tucker_max_seconds > 0:
-        parser.error(f"--tucker_max_seconds must be > 0, got {args.tucker_max_seconds}")
+    problems = tucker_budget_problems(args.tucker_epochs, args.tucker_max_steps, args.tucker_max_seconds)
+    if problems:
+        parser.error("; ".join(f"--tucker_{problem}" for problem in problems))
     for name in ("embedding_dim", "condition_dim", "layers_per_block", "meta_pattern_hidden_dim"):
         if getattr(args, name) is not None and getattr(args, name) < 1:  # 0 builds a model without that part
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")

@@ -111,6 +111,9 @@ def test_one_tucker_default_and_meaning_across_scripts(capsys) -> None:
         with pytest.raises(SystemExit):
             load("pretrain_kg").parse_args(["--kg", "k", *flags])
         assert message in capsys.readouterr().err
+        with pytest.raises(SystemExit):  # before any data is read
+            load("prepare_data").parse_args(["--layout", "synthetic-city", "--output", "o", *flags])
+        assert message in capsys.readouterr().err
     budget = load("train").parse_args(["--dataset", "x", "--output_dir", "y", "--tucker_max_seconds", "3",
                                        "--tucker_max_steps", "5"])
     assert (budget.tucker_max_seconds, budget.tucker_max_steps) == (3, 5)

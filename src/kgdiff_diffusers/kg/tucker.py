@@ -49,6 +49,19 @@ TUCKER_MAX_SECONDS_HELP = (
 TUCKER_MAX_STEPS_HELP = "TuckER optimiser-step budget (default: none); the epoch limit still applies"
 
 
+def tucker_budget_problems(epochs: int, max_steps: int | None, max_seconds: float | None) -> list[str]:
+    """What is wrong with a TuckER budget, e.g. ``["max_steps must be >= 1, got 0"]`` (scripts prefix ``--tucker_``).
+
+    A time budget <= 0 or NaN would train one step and save the embeddings as if trained.
+    """
+    problems = [] if epochs >= 1 else [f"epochs must be >= 1, got {epochs}"]
+    if max_steps is not None and max_steps < 1:
+        problems.append(f"max_steps must be >= 1, got {max_steps}")
+    if max_seconds is not None and not max_seconds > 0:
+        problems.append(f"max_seconds must be > 0, got {max_seconds}")
+    return problems
+
+
 def read_triples_tsv(path: str | os.PathLike) -> KnowledgeGraph:
     """Reads a UUKG-style triple file into a :class:`KnowledgeGraph`.
 
@@ -378,10 +391,9 @@ def pretrain_tucker(
             f"pretrain_tucker: need embedding_dim >= 1, epochs >= 1 and batch_size >= 2, got "
             f"{embedding_dim}, {epochs}, {batch_size}"
         )
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"pretrain_tucker: max_steps must be >= 1 (or None for no limit), got {max_steps}")
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"pretrain_tucker: max_seconds must be > 0 (or None for no limit), got {max_seconds}")
+    problems = tucker_budget_problems(epochs, max_steps, max_seconds)
+    if problems:
+        raise ValueError(f"pretrain_tucker: {'; '.join(problems)}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"pretrain_tucker: label_smoothing must be in [0, 1), got {label_smoothing}")
     if len(kg.triples) < 2:
