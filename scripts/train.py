@@ -178,6 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("no_guidance", "unconditional"),
         ("no_donor_prior", "the paper's configuration: f from the meta-pattern MLP, no donor prior / residual scaling"),
         ("no_level_estimator", "donor prior without the two-hop KG level estimate (the default before 2026-12-07)"),
+        ("no_match_donor_mean", "days keep the mean of the donor days they drew (before 2026-12-07)"),
     ):
         ablation.add_argument(f"--{name}", action="store_true", help=text)
     train = parser.add_argument_group("training")
@@ -371,6 +372,7 @@ def model_config(args: argparse.Namespace) -> KGDiffModelConfig:
         use_guidance=not args.no_guidance,
         use_donor_prior=not (args.no_donor_prior or args.no_meta_pattern),
         use_level_estimator=not args.no_level_estimator,
+        match_donor_mean=not args.no_match_donor_mean,
     )
 
 
@@ -591,6 +593,7 @@ def check_resumed_data(run_config: dict, checkpoint: Path) -> None:
         stored["model"].setdefault("residual_centre", "own")
         # Runs saved before the level estimator: it is fitted after training and changes no step, so they take it.
         stored["model"].setdefault("use_level_estimator", True)
+        stored["model"].setdefault("match_donor_mean", True)  # sampling only, like the level estimator
     run_config = json.loads(json.dumps(run_config))  # tuples as the stored lists
     keys = ("model", "dataset_name", "train_node_ids", "validation_node_ids", "test_node_ids", "day_types",
             "num_processes")
