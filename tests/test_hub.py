@@ -239,6 +239,11 @@ def test_model_card_states_the_chosen_donor_day_start(run, tmp_path):
     (model_dir / "model_index.json").write_text(json.dumps(index))
     text = hub.render_model_card(model_dir, repo_id=REPO_ID).text
     assert "leave-one-out level error of a random training" in text and "(scaled by 0.5, mean level kept)" in text
+    matched = "they are shifted together so that their mean is the expected donor day"
+    assert index["match_donor_mean"] and matched in " ".join(text.split())  # the default of a new pipeline
+    index.update(match_donor_mean=False)
+    (model_dir / "model_index.json").write_text(json.dumps(index))
+    assert matched not in " ".join(hub.render_model_card(model_dir, repo_id=REPO_ID).text.split())
 
 
 def test_model_card_rejects_metrics_of_another_pipeline(run, tmp_path):
