@@ -214,7 +214,7 @@ def test_pipelines_saved_before_day_types_still_load_and_take_no_day_type(city, 
 def test_a_weekend_day_starts_from_a_weekend_day_of_a_candidate_donor(city) -> None:
     week, _ = city
     pipe = tiny_pipeline(week)
-    pipe.register_to_config(start_strength=0.0, level_exponent=0.0)  # the donor days themselves
+    pipe.register_to_config(match_donor_mean=False, start_strength=0.0, level_exponent=0.0)  # the donor days themselves
     row = int(week.test_rows[0])
     bank = torch.nonzero(pipe.donor_prior.node_bank_row >= 0).squeeze(1).numpy()
     donors = np.unique(bank[pipe.donor_prior.candidate_index[row].numpy()])

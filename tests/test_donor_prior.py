@@ -250,7 +250,7 @@ def test_strength_zero_returns_real_days_of_the_nodes_candidate_donors_rescaled_
     pipe.set_progress_bar_config(disable=True)
     row = int(city.test_rows[0])
     node, candidates = city.node_ids[row], _candidate_days(pipe, city, row)
-    pipe.register_to_config(start_strength=0.0, level_exponent=0.0)
+    pipe.register_to_config(match_donor_mean=False, start_strength=0.0, level_exponent=0.0)
     copied = pipe(node_ids=[node], num_samples=6, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
     for day in copied.series[0]:  # a copy of one real day of a candidate (never of the node itself)
         distance = np.abs(candidates - day).max(axis=(1, 2))
@@ -276,7 +276,7 @@ def test_random_donors_replace_a_share_of_the_candidate_days_with_days_of_any_tr
         return p(node_ids=[node], num_samples=40, num_inference_steps=4,
                  generator=torch.Generator().manual_seed(0)).series[0]
 
-    pipe.register_to_config(start_strength=0.0, level_exponent=0.0, random_donor_share=0.5)
+    pipe.register_to_config(match_donor_mean=False, start_strength=0.0, level_exponent=0.0, random_donor_share=0.5)
     mixed = sample(pipe)
     scale = 1e-3 * np.abs(train_days).max()
     for day in mixed:  # every day: a real day of some training node
@@ -331,7 +331,7 @@ def test_a_places_days_cover_the_donor_mixture_evenly(city):
 def test_the_pipeline_copies_each_candidate_once_when_asked_for_as_many_days(city):
     pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=8))
     pipe.set_progress_bar_config(disable=True)
-    pipe.register_to_config(start_strength=0.0, level_exponent=0.0)
+    pipe.register_to_config(match_donor_mean=False, start_strength=0.0, level_exponent=0.0)
     row = int(city.test_rows[0])
     slots = pipe.donor_prior.candidate_index.shape[1]
     series = pipe(node_ids=[city.node_ids[row]], num_samples=slots, num_inference_steps=4, batch_size=5,
@@ -368,7 +368,7 @@ def test_level_noise_spreads_each_copy_by_a_donors_level_error_and_keeps_the_mea
         return p(node_ids=[node], num_samples=40, num_inference_steps=4,
                  generator=torch.Generator().manual_seed(0)).series[0]
 
-    pipe.register_to_config(start_strength=0.0, level_exponent=1.0, random_donor_share=0.25)
+    pipe.register_to_config(match_donor_mean=False, start_strength=0.0, level_exponent=1.0, random_donor_share=0.25)
     plain = sample(pipe)
     pipe.register_to_config(level_noise=0.0)
     np.testing.assert_array_equal(plain, sample(pipe))  # lam = 0 is the plain copies, same streams
@@ -392,6 +392,70 @@ def test_level_noise_spreads_each_copy_by_a_donors_level_error_and_keeps_the_mea
     for bad in (-0.5, float("nan")):
         with pytest.raises(ValueError, match="level_noise"):
             KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "level_noise": bad})
+
+
+def test_the_expected_donor_day_is_the_mean_of_many_copies(city):
+    prior = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=8)).donor_prior
+    row, draws = int(city.test_rows[0]), 6000
+    index = prior.candidate_index[[row] * draws]
+    mean_day = prior(torch.tensor([row] * draws))[0]
+    for exponent, share in ((0.0, 0.0), (0.5, 0.3), (1.0, 1.0)):
+        copies = prior.donor_days(index, mean_day, exponent, torch.Generator().manual_seed(0),
+                                  random_donor_share=share, level_noise=0.8)  # level noise keeps the mean
+        expected = prior.expected_donor_day(index[:1], mean_day[:1], exponent, random_donor_share=share)[0]
+        generated = (copies * prior.feature_std_ + prior.feature_mean_).mean(0).numpy()
+        expected = (expected * prior.feature_std_ + prior.feature_mean_).numpy()
+        np.testing.assert_allclose(generated, expected, rtol=0.06)
+        assert np.abs(generated - expected).mean() < 0.02 * expected.mean()
+
+
+def test_a_nodes_days_are_shifted_together_to_the_expected_donor_day(city, tmp_path):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=8))
+    assert pipe.config.match_donor_mean  # the default of a newly built pipeline
+    pipe.set_progress_bar_config(disable=True)
+    nodes = [city.node_ids[r] for r in city.test_rows]
+
+    def sample(p, num_samples=12, batch_size=256):
+        return p(node_ids=nodes, num_samples=num_samples, num_inference_steps=4, batch_size=batch_size,
+                 generator=torch.Generator().manual_seed(2)).series
+
+    pipe.register_to_config(start_strength=0.0, level_exponent=1.0, random_donor_share=0.25, level_noise=0.0)
+    matched = sample(pipe)
+    prior = pipe.donor_prior
+    rows = torch.tensor([pipe._row_of_node[n] for n in nodes])
+    expected = pipe._to_data_units(prior.expected_donor_day(
+        prior.candidate_index[rows], prior(rows)[0], 1.0, random_donor_share=0.25)).numpy()  # (N, T, D)
+    unclipped = matched > 0
+    assert unclipped.mean() > 0.9
+    np.testing.assert_allclose(matched.mean(axis=1)[unclipped.all(axis=1)], expected[unclipped.all(axis=1)],
+                               rtol=1e-4, atol=1e-3)  # the set's mean is the expected copy
+    np.testing.assert_allclose(matched, sample(pipe, batch_size=5), rtol=1e-5, atol=1e-4)
+    pipe.register_to_config(match_donor_mean=False)
+    copied = sample(pipe)
+    gap = matched - copied  # one shift per node and step, the same for all of its days
+    both = unclipped & (copied > 0)
+    np.testing.assert_allclose(np.where(both, gap, 0), np.where(both, np.nanmedian(
+        np.where(both, gap, np.nan), axis=1, keepdims=True), 0), atol=1e-3)
+    assert np.abs(copied.mean(axis=1) - expected).mean() > 10 * np.abs(matched.mean(axis=1) - expected).mean()
+    # with level noise, the shift is that of the copies before it (the same streams): the levels stay drawn
+    pipe.register_to_config(level_noise=1.0)
+    noisy = sample(pipe)
+    pipe.register_to_config(match_donor_mean=True)
+    noisy_matched = sample(pipe)
+    pipe.register_to_config(level_noise=0.0)
+    kept = both & (noisy > 0) & (noisy_matched > 0)
+    np.testing.assert_allclose(np.where(kept, noisy_matched - noisy, 0), np.where(kept, gap, 0), atol=1e-3)
+    # one day per call cannot be matched: it is the plain copy
+    pipe.register_to_config(match_donor_mean=True)
+    single = sample(pipe, num_samples=1)
+    pipe.register_to_config(match_donor_mean=False)
+    np.testing.assert_array_equal(single, sample(pipe, num_samples=1))
+    pipe.register_to_config(match_donor_mean=True)
+    pipe.save_pretrained(tmp_path)
+    reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.config.match_donor_mean
+    np.testing.assert_array_equal(matched, sample(reloaded))
 
 
 def test_pipelines_saved_before_level_errors_load_sample_as_before_and_refuse_level_noise(city, tmp_path):
@@ -548,6 +612,10 @@ def test_signed_data_level_noise_adds_a_donors_level_error():
     possible = 2.0 * (expected - expected.mean())
     assert np.abs(shift[:, :1] - possible[None]).min(axis=1).max() < 1e-4
     assert np.ptp(shift) > 1.0  # the days do get different levels
+    many = prior.donor_days(prior.candidate_index[[4] * 4000], mean_day[:1].expand(4000, -1, -1), 0.5,
+                            torch.Generator().manual_seed(0), random_donor_share=0.5, level_noise=2.0)
+    expected = prior.expected_donor_day(index[:1], mean_day[:1], 0.5, random_donor_share=0.5)[0]
+    np.testing.assert_allclose(many.mean(0).numpy(), expected.numpy(), atol=0.15)  # level noise adds mean 0
 
 
 def test_the_day_start_choice_averages_validation_draws(city):

@@ -140,7 +140,9 @@ class KGDiffModelConfig:
     ``use_level_estimator`` (with the donor prior, on non-negative data) adds
     :class:`~kgdiff_diffusers.models.level_estimator.KGDiffLevelEstimator`, whose two-hop KG estimate of a
     node's level is mixed into the donors' level with a weight chosen on validation nodes
-    (:func:`choose_level_estimate_weight`).
+    (:func:`choose_level_estimate_weight`). ``match_donor_mean`` (the pipeline's config of that name) shifts
+    the days a call generates for one node together so that their mean is the expected donor day, not the
+    mean of the donors and days they happened to draw.
 
     Day types are not a setting: a model is conditioned on weekday / weekend when its training days hold
     both (data prepared with ``--include_weekends``), see :func:`trained_day_types`.
@@ -171,6 +173,7 @@ class KGDiffModelConfig:
     num_bank_days: int = 32
     residual_centre: str = "own"
     use_level_estimator: bool = True
+    match_donor_mean: bool = True
 
 
 def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPipeline:
@@ -275,6 +278,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         output_min=output_bounds(dataset),
         day_types=day_types,
         validation_node_ids=list(dataset.validation_node_ids) or None,
+        match_donor_mean=config.match_donor_mean,
     )
 
 

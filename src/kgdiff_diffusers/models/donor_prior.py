@@ -446,7 +446,8 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         level_noise: float = 0.0,
         sample_index: torch.Tensor | None = None,
         num_samples: int = 1,
-    ) -> torch.Tensor:
+        return_copies: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """One real day of a random candidate donor per row, rescaled towards the row's level.
 
         Each row draws a candidate uniformly (a donor found by both searches twice as often), or, with
@@ -475,9 +476,11 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             sample_index: ``(B,)`` each row's index ``j`` in ``[0, num_samples)`` among its place's days, or
                 ``None`` (independent draws).
             num_samples: days per place (with ``sample_index``).
+            return_copies: also return the days before level noise (the copies whose expectation is
+                :meth:`expected_donor_day`).
 
         Returns:
-            ``(B, D, T)`` days in normalised units.
+            ``(B, D, T)`` days in normalised units; with ``return_copies``, ``(days, copies)``.
         """
         if self.config.get("num_bank_days", 0) == 0:
             raise ValueError("this donor prior stores no days (num_bank_days=0)")
@@ -522,9 +525,60 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             day = day * ratio.pow(level_exponent).unsqueeze(-1)
         else:
             day = day + (level_exponent * (level - donor_level)).unsqueeze(-1)
+        copies = day
         if level_noise > 0:
             day = self._with_level_noise(day, draws[:, 4], day_types, level_noise)
-        return (day - self.feature_mean_) / self.feature_std_
+        day = (day - self.feature_mean_) / self.feature_std_
+        return (day, (copies - self.feature_mean_) / self.feature_std_) if return_copies else day
+
+    @torch.no_grad()
+    def expected_donor_day(
+        self,
+        index: torch.Tensor,
+        mean_day: torch.Tensor,
+        level_exponent: float,
+        day_types: torch.Tensor | None = None,
+        random_donor_share: float = 0.0,
+    ) -> torch.Tensor:
+        """The expectation of :meth:`donor_days` before level noise, over its donors and their stored days.
+
+        A row's donor is one of its ``2K`` candidate slots (uniformly) or, with probability
+        ``random_donor_share``, any donor; its day is one of the donor's stored days (uniformly), rescaled by
+        ``(l / L)^a``. Level noise is left out: its factor has mean 1 (``"additive"``: mean 0).
+
+        Args:
+            index: ``(B, 2K)`` candidate bank rows.
+            mean_day: ``(B, D, T)`` each row's prior mean, normalised.
+            level_exponent: ``a``.
+            day_types: ``(B,)`` day type of each row; needed when ``num_day_types > 1``.
+            random_donor_share: in ``[0, 1]``.
+
+        Returns:
+            ``(B, D, T)`` in normalised units.
+        """
+        if self.config.get("num_bank_days", 0) == 0:
+            raise ValueError("this donor prior stores no days (num_bank_days=0)")
+        day_types = self._check_day_types(day_types, index.shape[0], index.device)
+        stored = torch.arange(self.bank_days.shape[1], device=index.device) < self.bank_day_count.unsqueeze(1)
+        stored_mean = (self.bank_days * stored[..., None, None]).sum(1) / self.bank_day_count.clamp_min(1)[
+            :, None, None
+        ]  # (K * num_bank, D, T) data units
+        donor_level = self.bank_profile.mean(-1).unsqueeze(-1)  # (K * num_bank, D, 1)
+        level = (mean_day * self.feature_std_ + self.feature_mean_).mean(-1, keepdim=True)  # (B, D, 1)
+        if self.config.level_mode == "multiplicative":
+            # (l / L_j)^a = l^a * L_j^-a, so the donors' mean needs no (B, num_bank) table
+            per_donor = stored_mean * donor_level.clamp_min(_EPS).pow(-level_exponent)
+        else:
+            per_donor = stored_mean - level_exponent * donor_level
+        summary = index + (day_types * self.config.num_bank).unsqueeze(1)
+        mixture = random_donor_share * self._mean_of_donors(per_donor, day_types).squeeze(1) + (
+            1 - random_donor_share
+        ) * per_donor[summary].mean(1)
+        if self.config.level_mode == "multiplicative":
+            expected = level.clamp_min(0).pow(level_exponent) * mixture
+        else:
+            expected = mixture + level_exponent * level
+        return (expected - self.feature_mean_) / self.feature_std_
 
     def _with_level_noise(
         self, day: torch.Tensor, draw: torch.Tensor, day_types: torch.Tensor, level_noise: float

@@ -37,7 +37,7 @@ COMPONENT_NAMES = ("unet", "condition_encoder", "scheduler", "meta_pattern", "do
 _ADDED_CONFIG_DEFAULTS = {
     "day_types": None, "num_day_types": 1, "start_strength": None, "level_exponent": None, "num_bank_days": 0,
     "random_donor_share": None, "level_noise": None, "has_level_errors": False, "validation_node_ids": None,
-    "level_estimate_weight": None,
+    "level_estimate_weight": None, "match_donor_mean": False,
 }
 
 
@@ -125,6 +125,11 @@ class KGDiffPipeline(DiffusionPipeline):
             training); ``None`` means 0.
         level_estimate_weight: ``(D,)`` weight ``w`` of the level estimator in the donor prior's level
             ``exp(w log L_est + (1 - w) log L_donors)`` (chosen on validation nodes by training); ``None`` means 0.
+        match_donor_mean: when sampling starts from donor days and a call asks for ``num_samples >= 2`` days
+            per node, each node's days are shifted together by the gap between the expected donor day
+            (:meth:`KGDiffDonorPrior.expected_donor_day`) and the mean of the copies they started from (before
+            level noise), so a set's mean does not carry which donors and days it happened to draw; the days
+            still differ from each other exactly as before. ``False`` for pipelines saved before it existed.
         validation_node_ids: the training-side nodes held out of training for validation (the end-of-training
             choices above were made on them), so an evaluation draws its baselines from the same train nodes as
             the model; ``None`` for pipelines saved before they were recorded or trained without validation.
@@ -167,6 +172,7 @@ class KGDiffPipeline(DiffusionPipeline):
         level_noise: float | None = None,
         validation_node_ids: list[str] | None = None,
         level_estimate_weight: list[float] | None = None,
+        match_donor_mean: bool = False,
     ):
         super().__init__()
         num_nodes = condition_encoder.config.num_nodes
@@ -291,6 +297,7 @@ class KGDiffPipeline(DiffusionPipeline):
             level_noise=None if level_noise is None else float(level_noise),
             validation_node_ids=validation_node_ids,
             level_estimate_weight=None if level_estimate_weight is None else [float(w) for w in level_estimate_weight],
+            match_donor_mean=bool(match_donor_mean),
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
@@ -632,14 +639,14 @@ class KGDiffPipeline(DiffusionPipeline):
             locations[str(node_id)] = (float(pair[0]), float(pair[1]))
         return locations
 
-    def _clip_to_range(self, series: torch.Tensor) -> torch.Tensor:
-        """``(..., D)`` data units, each feature clipped below at ``output_min`` where one is set."""
+    def _clip_to_range(self, series: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(..., D)`` data units, each feature clipped below at ``output_min`` where one is set (into ``out``)."""
         if self.config.output_min is None:
             return series
         lower = torch.tensor(
             [-float("inf") if m is None else m for m in self.config.output_min], device=series.device
         )
-        return torch.maximum(series, lower.to(series.dtype))
+        return torch.maximum(series, lower.to(series.dtype), out=out)
 
     def _to_data_units(self, normalised: torch.Tensor) -> torch.Tensor:
         """``(..., D, T)`` normalised -> ``(..., T, D)`` data units."""
@@ -858,6 +865,13 @@ class KGDiffPipeline(DiffusionPipeline):
         num_steps_run = round(strength * num_inference_steps) if starts_from_days else num_inference_steps
         # The residual model samples Y = (X - f) / s as plain DDPM: its process drifts towards 0, not f.
         drifts = meta_images if residual_scale is None else torch.zeros_like(meta_images)
+        exponent = self.config.get("level_exponent")
+        exponent = 1.0 if exponent is None else exponent
+        share = self.config.get("random_donor_share") or 0.0
+        # Each node's copies summed (data units, (T, D)), to shift its days by their gap to the expected copy.
+        copy_sums = None
+        if starts_from_days and self.config.get("match_donor_mean", False) and num_samples >= 2:
+            copy_sums = torch.zeros(len(all_ids), emb.seq_len, num_features, device=self.device)
         # Days stream through in chunks of batch_size, so memory stays bounded for any num_samples.
         series = torch.empty(
             batch, emb.seq_len, num_features, device=self.device if output_type == "pt" else "cpu"
@@ -869,13 +883,13 @@ class KGDiffPipeline(DiffusionPipeline):
                 nodes = days_of_chunk // num_samples
                 start_images = None
                 if starts_from_days:
-                    exponent = self.config.get("level_exponent")
-                    days = self.donor_prior.donor_days(
-                        candidates[nodes], donor_series[nodes], 1.0 if exponent is None else exponent,
-                        chunk_generator, self._day_type_rows(day_type, len(nodes)),
-                        self.config.get("random_donor_share") or 0.0, self.config.get("level_noise") or 0.0,
-                        days_of_chunk % num_samples, num_samples,
+                    days, copies = self.donor_prior.donor_days(
+                        candidates[nodes], donor_series[nodes], exponent, chunk_generator,
+                        self._day_type_rows(day_type, len(nodes)), share, self.config.get("level_noise") or 0.0,
+                        days_of_chunk % num_samples, num_samples, return_copies=True,
                     )
+                    if copy_sums is not None:
+                        copy_sums.index_add_(0, nodes, self._to_data_units(copies))
                     start_images = emb.to_image(days - donor_series[nodes]) / residual_scale[nodes]
                 images = self._sample_chunk(
                     phi[nodes], meta_images[nodes], num_inference_steps, chunk_generator, drifts[nodes],
@@ -883,10 +897,18 @@ class KGDiffPipeline(DiffusionPipeline):
                 )
                 if residual_scale is not None:
                     images = meta_images[nodes] + residual_scale[nodes] * images
-                days = self._clip_to_range(self._to_data_units(emb.to_series(images)))
-                series[start : start + len(nodes)] = days.to(series.device)
+                days = self._to_data_units(emb.to_series(images))
+                series[start : start + len(nodes)] = (days if copy_sums is not None else self._clip_to_range(days)).to(
+                    series.device
+                )
                 progress.update(num_steps_run)
         series = series.reshape(len(all_ids), num_samples, emb.seq_len, num_features)
+        if copy_sums is not None:
+            expected = self.donor_prior.expected_donor_day(
+                candidates, donor_series, exponent, self._day_type_rows(day_type, len(all_ids)), share
+            )
+            series += (self._to_data_units(expected) - copy_sums / num_samples).unsqueeze(1).to(series.device)
+            self._clip_to_range(series, out=series)
         meta = self._clip_to_range(self._to_data_units(meta_series))
         if output_type == "np":
             series, meta = series.cpu().numpy(), meta.cpu().numpy()
