@@ -563,6 +563,10 @@ def test_the_day_start_is_chosen_by_validation_crps_from_the_grids(city):
     noise = f", level noise={choice['level_noise']:g}" if choice["level_noise"] else ""
     chosen = f"{best_copy}{noise}, strength={choice['start_strength']:g}"
     assert scores[chosen] == min(scores.values())
+    assert pipe.config.match_donor_mean  # left as it was, but the settings were scored on unmatched days:
+    pipe.register_to_config(match_donor_mean=False)
+    unmatched = choose_donor_day_start(pipe, dataset, num_inference_steps=4, max_days_per_node=4)
+    assert unmatched["validation_crps"] == scores and not pipe.config.match_donor_mean
     assert choose_donor_day_start(build_pipeline(city, KGDiffModelConfig(**SMALL)), city) is None  # no validation
 
 
