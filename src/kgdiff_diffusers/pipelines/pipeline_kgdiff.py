@@ -807,7 +807,9 @@ class KGDiffPipeline(DiffusionPipeline):
             node_ids: ids of nodes the pipeline was trained with (``pipe.config.node_ids``).
             num_samples: days per node (``>= 1``); any number: days are generated ``batch_size`` at a time. Days
                 started from donor days draw their donors stratified over a node's ``num_samples`` days
-                (:meth:`KGDiffDonorPrior.donor_days`), so a seeded call's days depend on ``num_samples``.
+                (:meth:`KGDiffDonorPrior.donor_days`), so a seeded call's days depend on ``num_samples``; with
+                ``match_donor_mean`` and ``num_samples >= 2`` a node's days are shifted together so that their mean
+                is the expected donor day (see the config entry).
             num_inference_steps: denoising steps, ``1 <= num_inference_steps <= num_train_timesteps``.
             generator: one ``torch.Generator`` (one draw of it seeds a stream per day, so results do not
                 depend on ``batch_size``), or one per generated day (``nodes * num_samples``, node-major).
