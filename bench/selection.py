@@ -57,12 +57,14 @@ def score_grid(model_dir: Path, data_dir: Path, seed: int, num_inference_steps: 
 
     The validation nodes are scored as ``choose_donor_day_start`` scores them: the mean of
     ``validation_draws`` draws with seeds 0, 1000, ...; the test nodes with the run's seed, as
-    ``bench/quality.py`` does with one evaluation draw.
+    ``bench/quality.py`` does with one evaluation draw. Like ``choose_donor_day_start``, the validation nodes get
+    days that are not mean-matched; the test nodes get them as the run samples them (``match_donor_mean``).
     """
     torch.set_num_threads(threads)
     pipe = KGDiffPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     dataset = PreparedDataset.load(data_dir)
+    matched = pipe.config.get("match_donor_mean", False)
     grid = []
     with torch.inference_mode():
         for noise in LEVEL_NOISES:
@@ -71,6 +73,7 @@ def score_grid(model_dir: Path, data_dir: Path, seed: int, num_inference_steps: 
                 point = {"level_noise": noise, "start_strength": strength}
                 validation_seeds = [VALIDATION_DRAW_STRIDE * draw for draw in range(validation_draws)]
                 for split, split_seeds in (("validation", validation_seeds), ("test", [seed])):
+                    pipe.register_to_config(match_donor_mean=matched and split == "test")
                     draws = [evaluate_pipeline(pipe, dataset, num_inference_steps, "ddim", split_seed,
                                                include_baselines=False, max_days_per_node=max_days_per_node,
                                                split=split).metrics["methods"][MODEL_NAME]
