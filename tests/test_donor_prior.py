@@ -456,6 +456,9 @@ def test_a_nodes_days_are_shifted_together_to_the_expected_donor_day(city, tmp_p
     reloaded.set_progress_bar_config(disable=True)
     assert reloaded.config.match_donor_mean
     np.testing.assert_array_equal(matched, sample(reloaded))
+    for bad in ("false", 1, None):
+        with pytest.raises(ValueError, match="match_donor_mean"):
+            KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "match_donor_mean": bad})
 
 
 def test_pipelines_saved_before_level_errors_load_sample_as_before_and_refuse_level_noise(city, tmp_path):

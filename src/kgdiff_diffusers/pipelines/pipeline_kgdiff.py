@@ -234,6 +234,8 @@ class KGDiffPipeline(DiffusionPipeline):
             raise ValueError(f"level_noise must be a finite number >= 0 or None, got {level_noise}")
         if level_noise and (donor_prior is None or not donor_prior.config.get("has_level_errors", False)):
             raise ValueError("level_noise > 0 needs a donor prior that stores level errors (has_level_errors)")
+        if not isinstance(match_donor_mean, (bool, np.bool_)):
+            raise ValueError(f"match_donor_mean must be True or False, got {match_donor_mean!r}")
         if level_estimator is not None:
             estimator = level_estimator.config
             if (estimator.num_nodes, estimator.num_features) != (num_nodes, num_features):
