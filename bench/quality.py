@@ -157,6 +157,7 @@ VARIANTS = {
     "KGDiff (no level estimator)": ("--no_level_estimator",),
     # A node's days keep the mean of the donor days they drew (the default before 2026-12-07).
     "KGDiff (unmatched donor mean)": ("--no_match_donor_mean",),
+    "KGDiff (donor mean fully matched)": ("--mean_match_strength", "1"),
     # The donor prior with weights learnt leave-one-out instead of uniform ones.
     "KGDiff (learned donor weights)": ("--donor_weighting", "learned"),
     # The paper's Table 3 ablations (run when named in --variants).

@@ -164,6 +164,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="donor prior: real days stored per donor, from which sampling starts (default 32; 0: from noise)",
     )
     model.add_argument(
+        "--mean_match_strength", type=float,
+        help="share in [0, 1] of the gap between a node's set of days and the expected donor day that the shift "
+        "closes (default 0.75; 1: the set's mean is the expected day)",
+    )
+    model.add_argument(
         "--residual_centre", choices=RESIDUAL_CENTRES,
         help="donor prior: the denoiser's residual is taken around the node's 'own' mean day and spread (default) "
         "or around the donor 'prior' estimate from other nodes, which is what sampling uses",
@@ -263,6 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      f"divide --validation_steps ({args.checkpointing_steps} does not divide {args.validation_steps})")
     if args.num_bank_days is not None and args.num_bank_days < 0:
         parser.error(f"--num_bank_days must be >= 0, got {args.num_bank_days}")
+    if args.mean_match_strength is not None and not 0 <= args.mean_match_strength <= 1:  # NaN fails too
+        parser.error(f"--mean_match_strength must be in [0, 1], got {args.mean_match_strength}")
     if args.residual_centre is not None and (args.no_donor_prior or args.no_meta_pattern):
         parser.error("--residual_centre sets the donor prior's residual: it does nothing with --no_donor_prior or "
                      "--no_meta_pattern (which train without the donor prior)")
@@ -594,6 +601,7 @@ def check_resumed_data(run_config: dict, checkpoint: Path) -> None:
         # Runs saved before the level estimator: it is fitted after training and changes no step, so they take it.
         stored["model"].setdefault("use_level_estimator", True)
         stored["model"].setdefault("match_donor_mean", True)  # sampling only, like the level estimator
+        stored["model"].setdefault("mean_match_strength", KGDiffModelConfig.mean_match_strength)
     run_config = json.loads(json.dumps(run_config))  # tuples as the stored lists
     keys = ("model", "dataset_name", "train_node_ids", "validation_node_ids", "test_node_ids", "day_types",
             "num_processes")

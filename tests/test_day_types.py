@@ -195,7 +195,8 @@ def test_pipelines_saved_before_day_types_still_load_and_take_no_day_type(city, 
         path.write_text(json.dumps(config))
         index["config_sha256"][name] = config_digest(config)
     for added in ("day_types", "start_strength", "level_exponent", "random_donor_share", "level_noise",
-                  "validation_node_ids", "level_estimate_weight", "level_estimator", "match_donor_mean"):
+                  "validation_node_ids", "level_estimate_weight", "level_estimator", "match_donor_mean",
+                  "mean_match_strength"):
         del index[added]
     del index["config_sha256"]["level_estimator"]
     shutil.rmtree(tmp_path / "level_estimator")
@@ -226,7 +227,7 @@ def test_a_weekend_day_starts_from_a_weekend_day_of_a_candidate_donor(city) -> N
         for day in days:
             assert np.abs(candidates - day).max(axis=(1, 2)).min() < 1e-3 * np.abs(candidates).max()
             assert np.abs(others - day).max(axis=(1, 2)).min() > 1e-3 * np.abs(others).max()
-    pipe.register_to_config(match_donor_mean=True)  # a set's mean: the expected weekend copy
+    pipe.register_to_config(match_donor_mean=True, mean_match_strength=1.0)  # a set's mean: the expected weekend copy
     mean_day, _, candidates = pipe._prior_and_candidates([week.node_ids[row]], {}, None, "weekend")
     expected = pipe.donor_prior.expected_donor_day(candidates, mean_day, 0.0, pipe._day_type_rows("weekend", 1))
     days = generate(pipe, [week.node_ids[row]], day_type="weekend")[0]

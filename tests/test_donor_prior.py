@@ -411,7 +411,7 @@ def test_the_expected_donor_day_is_the_mean_of_many_copies(city):
 
 def test_a_nodes_days_are_shifted_together_to_the_expected_donor_day(city, tmp_path):
     pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=8))
-    assert pipe.config.match_donor_mean  # the default of a newly built pipeline
+    assert pipe.config.match_donor_mean and pipe.config.mean_match_strength == 0.75  # a new pipeline's default
     pipe.set_progress_bar_config(disable=True)
     nodes = [city.node_ids[r] for r in city.test_rows]
 
@@ -420,6 +420,8 @@ def test_a_nodes_days_are_shifted_together_to_the_expected_donor_day(city, tmp_p
                  generator=torch.Generator().manual_seed(2)).series
 
     pipe.register_to_config(start_strength=0.0, level_exponent=1.0, random_donor_share=0.25, level_noise=0.0)
+    partly_matched = sample(pipe)
+    pipe.register_to_config(mean_match_strength=1.0)
     matched = sample(pipe)
     prior = pipe.donor_prior
     rows = torch.tensor([pipe._row_of_node[n] for n in nodes])
@@ -437,6 +439,12 @@ def test_a_nodes_days_are_shifted_together_to_the_expected_donor_day(city, tmp_p
     np.testing.assert_allclose(np.where(both, gap, 0), np.where(both, np.nanmedian(
         np.where(both, gap, np.nan), axis=1, keepdims=True), 0), atol=1e-3)
     assert np.abs(copied.mean(axis=1) - expected).mean() > 10 * np.abs(matched.mean(axis=1) - expected).mean()
+    # strength 0.75 shifts each day by 0.75 of the full shift: the set's gap to the expected copy is a quarter
+    kept = both & (partly_matched > 0)
+    np.testing.assert_allclose(np.where(kept, partly_matched - copied, 0), np.where(kept, 0.75 * gap, 0), atol=1e-3)
+    whole = kept.all(axis=1)
+    np.testing.assert_allclose((expected - partly_matched.mean(axis=1))[whole],
+                               0.25 * (expected - copied.mean(axis=1))[whole], rtol=1e-3, atol=1e-3)
     # with level noise, the shift is that of the copies before it (the same streams): the levels stay drawn
     pipe.register_to_config(level_noise=1.0)
     noisy = sample(pipe)
@@ -450,15 +458,18 @@ def test_a_nodes_days_are_shifted_together_to_the_expected_donor_day(city, tmp_p
     single = sample(pipe, num_samples=1)
     pipe.register_to_config(match_donor_mean=False)
     np.testing.assert_array_equal(single, sample(pipe, num_samples=1))
-    pipe.register_to_config(match_donor_mean=True)
+    pipe.register_to_config(match_donor_mean=True, mean_match_strength=0.75)
     pipe.save_pretrained(tmp_path)
     reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
     reloaded.set_progress_bar_config(disable=True)
-    assert reloaded.config.match_donor_mean
-    np.testing.assert_array_equal(matched, sample(reloaded))
+    assert reloaded.config.match_donor_mean and reloaded.config.mean_match_strength == 0.75
+    np.testing.assert_array_equal(partly_matched, sample(reloaded))
     for bad in ("false", 1, None):
         with pytest.raises(ValueError, match="match_donor_mean"):
             KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "match_donor_mean": bad})
+    for bad in (1.5, -0.1, float("nan"), True, "0.5", None):
+        with pytest.raises(ValueError, match="mean_match_strength"):
+            KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "mean_match_strength": bad})
 
 
 def test_pipelines_saved_before_level_errors_load_sample_as_before_and_refuse_level_noise(city, tmp_path):

@@ -239,8 +239,12 @@ def test_model_card_states_the_chosen_donor_day_start(run, tmp_path):
     (model_dir / "model_index.json").write_text(json.dumps(index))
     text = hub.render_model_card(model_dir, repo_id=REPO_ID).text
     assert "leave-one-out level error of a random training" in text and "(scaled by 0.5, mean level kept)" in text
-    matched = "they are shifted together so that their mean is the expected donor day"
+    matched = "they are shifted together so that their mean moves 0.75 of the way from the mean of the donors"
     assert index["match_donor_mean"] and matched in " ".join(text.split())  # the default of a new pipeline
+    index.update(mean_match_strength=1.0)
+    (model_dir / "model_index.json").write_text(json.dumps(index))
+    text = " ".join(hub.render_model_card(model_dir, repo_id=REPO_ID).text.split())
+    assert "shifted together so that their mean is the expected donor day, not the mean of the donors" in text
     index.update(match_donor_mean=False)
     (model_dir / "model_index.json").write_text(json.dumps(index))
     assert matched not in " ".join(hub.render_model_card(model_dir, repo_id=REPO_ID).text.split())

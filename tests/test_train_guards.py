@@ -244,6 +244,18 @@ def test_a_named_checkpoint_resolves_in_the_run_and_later_ones_are_protected(tra
     assert train_script.resolve_named_checkpoint("checkpoint-3", checkpoints) == checkpoints / "checkpoint-3"
 
 
+def test_mean_match_strength_flag_sets_the_pipeline_config_and_refuses_values_outside_0_1(train_script, capsys):
+    default = train_script.model_config(train_script.parse_args([*TINY, "--output_dir", "x"]))
+    full = train_script.model_config(
+        train_script.parse_args([*TINY, "--output_dir", "x", "--mean_match_strength", "1"])
+    )
+    assert (default.mean_match_strength, full.mean_match_strength) == (0.75, 1.0)
+    for bad in ("1.5", "-0.5", "nan"):
+        with pytest.raises(SystemExit):
+            train_script.parse_args([*TINY, "--output_dir", "x", "--mean_match_strength", bad])
+        assert "--mean_match_strength must be in [0, 1]" in capsys.readouterr().err
+
+
 def test_no_level_estimator_flag_builds_the_previous_default(train_script):
     default = train_script.model_config(train_script.parse_args([*TINY, "--output_dir", "x"]))
     without = train_script.model_config(train_script.parse_args([*TINY, "--output_dir", "x", "--no_level_estimator"]))

@@ -398,6 +398,7 @@ def render_model_card(
         random_donor_share=index.get("random_donor_share"),
         level_noise=index.get("level_noise"),
         match_donor_mean=index.get("match_donor_mean", False),
+        mean_match_strength=index.get("mean_match_strength", 1.0),
         level_estimate_weight=index.get("level_estimate_weight"),
         mmd_bandwidth=bandwidth if isinstance(bandwidth, str) else MMD_BANDWIDTH_NOTE,
         jsd_bins=metrics.get("jsd_bins", "n/a"),

@@ -141,8 +141,8 @@ class KGDiffModelConfig:
     :class:`~kgdiff_diffusers.models.level_estimator.KGDiffLevelEstimator`, whose two-hop KG estimate of a
     node's level is mixed into the donors' level with a weight chosen on validation nodes
     (:func:`choose_level_estimate_weight`). ``match_donor_mean`` (the pipeline's config of that name) shifts
-    the days a call generates for one node together so that their mean is the expected donor day, not the
-    mean of the donors and days they happened to draw.
+    the days a call generates for one node together, their mean ``mean_match_strength`` of the way from the
+    mean of the donors and days they happened to draw to the expected donor day.
 
     Day types are not a setting: a model is conditioned on weekday / weekend when its training days hold
     both (data prepared with ``--include_weekends``), see :func:`trained_day_types`.
@@ -174,6 +174,7 @@ class KGDiffModelConfig:
     residual_centre: str = "own"
     use_level_estimator: bool = True
     match_donor_mean: bool = True
+    mean_match_strength: float = 0.75
 
 
 def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPipeline:
@@ -279,6 +280,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         day_types=day_types,
         validation_node_ids=list(dataset.validation_node_ids) or None,
         match_donor_mean=config.match_donor_mean,
+        mean_match_strength=config.mean_match_strength,
     )
 
 

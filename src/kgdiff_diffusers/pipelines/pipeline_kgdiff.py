@@ -37,7 +37,7 @@ COMPONENT_NAMES = ("unet", "condition_encoder", "scheduler", "meta_pattern", "do
 _ADDED_CONFIG_DEFAULTS = {
     "day_types": None, "num_day_types": 1, "start_strength": None, "level_exponent": None, "num_bank_days": 0,
     "random_donor_share": None, "level_noise": None, "has_level_errors": False, "validation_node_ids": None,
-    "level_estimate_weight": None, "match_donor_mean": False,
+    "level_estimate_weight": None, "match_donor_mean": False, "mean_match_strength": 1.0,
 }
 
 
@@ -130,6 +130,11 @@ class KGDiffPipeline(DiffusionPipeline):
             (:meth:`KGDiffDonorPrior.expected_donor_day`) and the mean of the copies they started from (before
             level noise), so a set's mean does not carry which donors and days it happened to draw; the days
             still differ from each other exactly as before. ``False`` for pipelines saved before it existed.
+        mean_match_strength: the share ``rho`` in ``[0, 1]`` of that gap the shift closes (1: the set's mean is the
+            expected donor day; 0: no shift). A set's mean keeps ``(1 - rho)^2`` of the variance it had from the
+            draw, and its days move ``rho`` of the way: 0.75 (new pipelines) kept the mean day of the full shift
+            and gave the better distributions on the fold bench (bench/README.md, session 18). ``1.0`` for
+            pipelines saved before it existed.
         validation_node_ids: the training-side nodes held out of training for validation (the end-of-training
             choices above were made on them), so an evaluation draws its baselines from the same train nodes as
             the model; ``None`` for pipelines saved before they were recorded or trained without validation.
@@ -173,6 +178,7 @@ class KGDiffPipeline(DiffusionPipeline):
         validation_node_ids: list[str] | None = None,
         level_estimate_weight: list[float] | None = None,
         match_donor_mean: bool = False,
+        mean_match_strength: float = 1.0,
     ):
         super().__init__()
         num_nodes = condition_encoder.config.num_nodes
@@ -236,6 +242,12 @@ class KGDiffPipeline(DiffusionPipeline):
             raise ValueError("level_noise > 0 needs a donor prior that stores level errors (has_level_errors)")
         if not isinstance(match_donor_mean, (bool, np.bool_)):
             raise ValueError(f"match_donor_mean must be True or False, got {match_donor_mean!r}")
+        if not (
+            isinstance(mean_match_strength, (int, float, np.integer, np.floating))
+            and not isinstance(mean_match_strength, (bool, np.bool_))
+            and 0 <= mean_match_strength <= 1
+        ):
+            raise ValueError(f"mean_match_strength must be a number in [0, 1], got {mean_match_strength!r}")
         if level_estimator is not None:
             estimator = level_estimator.config
             if (estimator.num_nodes, estimator.num_features) != (num_nodes, num_features):
@@ -300,6 +312,7 @@ class KGDiffPipeline(DiffusionPipeline):
             validation_node_ids=validation_node_ids,
             level_estimate_weight=None if level_estimate_weight is None else [float(w) for w in level_estimate_weight],
             match_donor_mean=bool(match_donor_mean),
+            mean_match_strength=float(mean_match_strength),
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
@@ -810,8 +823,8 @@ class KGDiffPipeline(DiffusionPipeline):
             num_samples: days per node (``>= 1``); any number: days are generated ``batch_size`` at a time. Days
                 started from donor days draw their donors stratified over a node's ``num_samples`` days
                 (:meth:`KGDiffDonorPrior.donor_days`), so a seeded call's days depend on ``num_samples``; with
-                ``match_donor_mean`` and ``num_samples >= 2`` a node's days are shifted together so that their mean
-                is the expected donor day (see the config entry).
+                ``match_donor_mean`` and ``num_samples >= 2`` a node's days are shifted together, their mean
+                ``mean_match_strength`` of the way to the expected donor day (see the config entries).
             num_inference_steps: denoising steps, ``1 <= num_inference_steps <= num_train_timesteps``.
             generator: one ``torch.Generator`` (one draw of it seeds a stream per day, so results do not
                 depend on ``batch_size``), or one per generated day (``nodes * num_samples``, node-major).
@@ -872,7 +885,7 @@ class KGDiffPipeline(DiffusionPipeline):
         exponent = self.config.get("level_exponent")
         exponent = 1.0 if exponent is None else exponent
         share = self.config.get("random_donor_share") or 0.0
-        # Each node's copies summed (data units, (T, D)), to shift its days by their gap to the expected copy.
+        # Each node's copies summed (data units, (T, D)), to shift its days towards the expected copy.
         copy_sums = None
         if starts_from_days and self.config.get("match_donor_mean", False) and num_samples >= 2:
             copy_sums = torch.zeros(len(all_ids), emb.seq_len, num_features, device=self.device)
@@ -911,7 +924,8 @@ class KGDiffPipeline(DiffusionPipeline):
             expected = self.donor_prior.expected_donor_day(
                 candidates, donor_series, exponent, self._day_type_rows(day_type, len(all_ids)), share
             )
-            series += (self._to_data_units(expected) - copy_sums / num_samples).unsqueeze(1).to(series.device)
+            gap = self._to_data_units(expected) - copy_sums / num_samples
+            series += (self.config.get("mean_match_strength", 1.0) * gap).unsqueeze(1).to(series.device)
             self._clip_to_range(series, out=series)
         meta = self._clip_to_range(self._to_data_units(meta_series))
         if output_type == "np":
