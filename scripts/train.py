@@ -270,6 +270,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--num_bank_days must be >= 0, got {args.num_bank_days}")
     if args.mean_match_strength is not None and not 0 <= args.mean_match_strength <= 1:  # NaN fails too
         parser.error(f"--mean_match_strength must be in [0, 1], got {args.mean_match_strength}")
+    if args.mean_match_strength is not None and args.no_match_donor_mean:
+        parser.error("--mean_match_strength sets how far the mean match shifts: it does nothing with "
+                     "--no_match_donor_mean")
     if args.residual_centre is not None and (args.no_donor_prior or args.no_meta_pattern):
         parser.error("--residual_centre sets the donor prior's residual: it does nothing with --no_donor_prior or "
                      "--no_meta_pattern (which train without the donor prior)")

@@ -254,6 +254,9 @@ def test_mean_match_strength_flag_sets_the_pipeline_config_and_refuses_values_ou
         with pytest.raises(SystemExit):
             train_script.parse_args([*TINY, "--output_dir", "x", "--mean_match_strength", bad])
         assert "--mean_match_strength must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_script.parse_args([*TINY, "--output_dir", "x", "--mean_match_strength", "0.5", "--no_match_donor_mean"])
+    assert "it does nothing with --no_match_donor_mean" in capsys.readouterr().err
 
 
 def test_no_level_estimator_flag_builds_the_previous_default(train_script):
