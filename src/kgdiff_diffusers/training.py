@@ -627,7 +627,8 @@ def choose_donor_day_start(
 
     # Settings are compared on days that are not mean-matched: matched sets sit tighter around the expected
     # donor day, and the validation CRPS then prefers the least spread (no level noise, no random donors), which
-    # lost on the unseen folds of the bench (bench/README.md, session 17).
+    # lost on the unseen folds of the bench, at mean_match_strength 1 and 0.75 alike (bench/README.md, sessions
+    # 17 and 18).
     matched = pipe.config.get("match_donor_mean", False)
     pipe.register_to_config(match_donor_mean=False)
     try:
