@@ -196,7 +196,7 @@ def test_pipelines_saved_before_day_types_still_load_and_take_no_day_type(city, 
         index["config_sha256"][name] = config_digest(config)
     for added in ("day_types", "start_strength", "level_exponent", "random_donor_share", "level_noise",
                   "validation_node_ids", "level_estimate_weight", "level_estimator", "match_donor_mean",
-                  "mean_match_strength"):
+                  "mean_match_strength", "residual_at_blend_level"):
         del index[added]
     del index["config_sha256"]["level_estimator"]
     shutil.rmtree(tmp_path / "level_estimator")

@@ -472,6 +472,50 @@ def test_a_nodes_days_are_shifted_together_to_the_expected_donor_day(city, tmp_p
             KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "mean_match_strength": bad})
 
 
+def test_days_around_a_blended_mean_vary_at_its_level(city, tmp_path):
+    pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=8))
+    assert pipe.config.residual_at_blend_level  # a new pipeline's default
+    pipe.set_progress_bar_config(disable=True)
+    nodes = [city.node_ids[r] for r in city.test_rows]
+    with torch.no_grad():
+        pipe.meta_pattern.heads[0][2].bias += 2.0  # f(phi) two standard deviations above the donors' mean day
+
+    def sample(p, **config):
+        p.register_to_config(**config)
+        return p(node_ids=nodes, num_samples=8, num_inference_steps=4, generator=torch.Generator().manual_seed(3))
+
+    days = dict(start_strength=0.0, level_exponent=1.0, random_donor_share=0.0, level_noise=0.0)
+    donors_only = sample(pipe, prior_blend=[1.0], match_donor_mean=False, **days).series
+    pipe.register_to_config(residual_at_blend_level=False)
+    np.testing.assert_array_equal(donors_only, sample(pipe).series)  # b = 1: the ratio is exactly 1
+    at_donor_level = sample(pipe, prior_blend=[0.5])
+    at_blend_level = sample(pipe, residual_at_blend_level=True)
+    with torch.no_grad():
+        donor_mean = pipe._to_data_units(pipe.prior(nodes)[0]).numpy()  # (N, T, D)
+    blended = at_blend_level.meta_pattern  # (N, T, D) data units, 0.5 donors + 0.5 f(phi)
+    ratio = blended.mean(axis=1) / donor_mean.mean(axis=1)  # (N, D)
+    assert ratio.min() > 1.2  # f sits well above the donors' level
+    deviation = at_donor_level.series - blended[:, None]  # the copies' deviations from the donors' mean day
+    unclipped = (at_donor_level.series > 0) & (at_blend_level.series > 0)
+    assert unclipped.mean() > 0.95
+    np.testing.assert_allclose(np.where(unclipped, at_blend_level.series - blended[:, None], 0),
+                               np.where(unclipped, ratio[:, None, None] * deviation, 0), rtol=1e-4, atol=1e-3)
+    # the mean match's shift scales with the deviations: the set's mean stays f + ratio * (expected - donor mean)
+    matched = sample(pipe, match_donor_mean=True, mean_match_strength=1.0).series
+    prior, rows = pipe.donor_prior, torch.tensor([pipe._row_of_node[n] for n in nodes])
+    expected = pipe._to_data_units(prior.expected_donor_day(prior.candidate_index[rows], prior(rows)[0], 1.0)).numpy()
+    whole = (matched > 0).all(axis=1)
+    np.testing.assert_allclose(matched.mean(axis=1)[whole], (blended + ratio[:, None] * (expected - donor_mean))[whole],
+                               rtol=1e-4, atol=1e-3)
+    pipe.save_pretrained(tmp_path)
+    reloaded = KGDiffPipeline.from_pretrained(tmp_path, local_files_only=True)
+    reloaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(matched, sample(reloaded).series)
+    for bad in ("true", 1, None):
+        with pytest.raises(ValueError, match="residual_at_blend_level"):
+            KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "residual_at_blend_level": bad})
+
+
 def test_pipelines_saved_before_level_errors_load_sample_as_before_and_refuse_level_noise(city, tmp_path):
     pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=16))
     pipe.set_progress_bar_config(disable=True)

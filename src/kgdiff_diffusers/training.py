@@ -281,6 +281,7 @@ def build_pipeline(dataset, config: KGDiffModelConfig | None = None) -> KGDiffPi
         validation_node_ids=list(dataset.validation_node_ids) or None,
         match_donor_mean=config.match_donor_mean,
         mean_match_strength=config.mean_match_strength,
+        residual_at_blend_level=True,
     )
 
 

@@ -38,6 +38,7 @@ _ADDED_CONFIG_DEFAULTS = {
     "day_types": None, "num_day_types": 1, "start_strength": None, "level_exponent": None, "num_bank_days": 0,
     "random_donor_share": None, "level_noise": None, "has_level_errors": False, "validation_node_ids": None,
     "level_estimate_weight": None, "match_donor_mean": False, "mean_match_strength": 1.0,
+    "residual_at_blend_level": False,
 }
 
 
@@ -135,6 +136,12 @@ class KGDiffPipeline(DiffusionPipeline):
             draw, and its days move ``rho`` of the way: 0.75 (new pipelines) kept the mean day of the full shift
             and gave the better distributions on the fold bench (bench/README.md, session 18). ``1.0`` for
             pipelines saved before it existed.
+        residual_at_blend_level: where ``prior_blend`` mixes ``meta_pattern(phi)`` into the donor prior's mean day
+            (multiplicative level mode), a day's deviation from ``f`` (the copy's deviation from the donor prior's
+            mean day, the mean match's shift and the residual scale ``s``) is multiplied by the ratio of ``f``'s
+            level to the donor prior's level, so days vary as much relative to their level as the donors' days do
+            (at ``b = 1`` the ratio is exactly 1). ``False`` for pipelines saved before it existed: deviations at
+            the donors' level, however far ``f`` moved from it.
         validation_node_ids: the training-side nodes held out of training for validation (the end-of-training
             choices above were made on them), so an evaluation draws its baselines from the same train nodes as
             the model; ``None`` for pipelines saved before they were recorded or trained without validation.
@@ -179,6 +186,7 @@ class KGDiffPipeline(DiffusionPipeline):
         level_estimate_weight: list[float] | None = None,
         match_donor_mean: bool = False,
         mean_match_strength: float = 1.0,
+        residual_at_blend_level: bool = False,
     ):
         super().__init__()
         num_nodes = condition_encoder.config.num_nodes
@@ -248,6 +256,8 @@ class KGDiffPipeline(DiffusionPipeline):
             and 0 <= mean_match_strength <= 1
         ):
             raise ValueError(f"mean_match_strength must be a number in [0, 1], got {mean_match_strength!r}")
+        if not isinstance(residual_at_blend_level, (bool, np.bool_)):
+            raise ValueError(f"residual_at_blend_level must be True or False, got {residual_at_blend_level!r}")
         if level_estimator is not None:
             estimator = level_estimator.config
             if (estimator.num_nodes, estimator.num_features) != (num_nodes, num_features):
@@ -313,6 +323,7 @@ class KGDiffPipeline(DiffusionPipeline):
             level_estimate_weight=None if level_estimate_weight is None else [float(w) for w in level_estimate_weight],
             match_donor_mean=bool(match_donor_mean),
             mean_match_strength=float(mean_match_strength),
+            residual_at_blend_level=bool(residual_at_blend_level),
         )
         self._row_of_node = {node_id: row for row, node_id in enumerate(node_ids)}
 
@@ -862,7 +873,7 @@ class KGDiffPipeline(DiffusionPipeline):
         phi = self.condition(node_ids, new_nodes, day_type)
         emb = self.delay_embedding
         num_features = self.unet.config.num_features
-        residual_scale = None
+        residual_scale = level_ratio = None
         if self.donor_prior is not None:
             meta_series, residual_scale, candidates = self._prior_and_candidates(
                 node_ids, new_nodes, new_node_locations, day_type
@@ -872,6 +883,10 @@ class KGDiffPipeline(DiffusionPipeline):
             if self.meta_pattern is not None and self.config.prior_blend is not None:
                 blend = torch.tensor(self.config.prior_blend, device=self.device)[:, None]
                 meta_series = blend * meta_series + (1 - blend) * self.meta_pattern(phi)
+                if self.config.get("residual_at_blend_level", False):
+                    level_ratio = self._blend_level_ratio(meta_series, donor_series)
+            # A deviation of s Y from f in normalised units is one of level_ratio * s Y.
+            output_scale = residual_scale if level_ratio is None else residual_scale * level_ratio[..., None, None]
         elif self.meta_pattern is not None:
             meta_series = self.meta_pattern(phi)
         else:
@@ -913,7 +928,7 @@ class KGDiffPipeline(DiffusionPipeline):
                     start_images, num_steps_run,
                 )
                 if residual_scale is not None:
-                    images = meta_images[nodes] + residual_scale[nodes] * images
+                    images = meta_images[nodes] + output_scale[nodes] * images
                 days = self._to_data_units(emb.to_series(images))
                 series[start : start + len(nodes)] = (days if copy_sums is not None else self._clip_to_range(days)).to(
                     series.device
@@ -925,6 +940,8 @@ class KGDiffPipeline(DiffusionPipeline):
                 candidates, donor_series, exponent, self._day_type_rows(day_type, len(all_ids)), share
             )
             gap = self._to_data_units(expected) - copy_sums / num_samples
+            if level_ratio is not None:
+                gap = gap * level_ratio.unsqueeze(1)
             series += (self.config.get("mean_match_strength", 1.0) * gap).unsqueeze(1).to(series.device)
             self._clip_to_range(series, out=series)
         meta = self._clip_to_range(self._to_data_units(meta_series))
@@ -936,6 +953,15 @@ class KGDiffPipeline(DiffusionPipeline):
         if not return_dict:
             return series, all_ids, meta
         return KGDiffPipelineOutput(series=series, node_ids=all_ids, meta_pattern=meta)
+
+    def _blend_level_ratio(self, blended: torch.Tensor, donor_mean_day: torch.Tensor) -> torch.Tensor | None:
+        """``(nodes, D)`` level of the blended mean day over that of the donor prior's (both ``(nodes, D, T)``,
+        normalised); ``None`` in additive level mode, where a level is not a scale."""
+        if self.donor_prior.config.level_mode != "multiplicative":
+            return None
+        mean, std = self.donor_prior.feature_mean_, self.donor_prior.feature_std_
+        level, donor_level = (blended * std + mean).mean(-1).clamp_min(0), (donor_mean_day * std + mean).mean(-1)
+        return torch.where(donor_level > 1e-6, level / donor_level.clamp_min(1e-6), torch.ones_like(level))
 
     def _to_frame(self, series: np.ndarray, node_ids: list[str]) -> pd.DataFrame:
         """``(nodes, samples, T, D)`` -> long frame ``node_id, sample, step, <features>``."""
