@@ -493,16 +493,25 @@ def test_days_around_a_blended_mean_vary_at_its_level(city, tmp_path):
     with torch.no_grad():
         donor_mean = pipe._to_data_units(pipe.prior(nodes)[0]).numpy()  # (N, T, D)
     blended = at_blend_level.meta_pattern  # (N, T, D) data units, 0.5 donors + 0.5 f(phi)
-    ratio = blended.mean(axis=1) / donor_mean.mean(axis=1)  # (N, D)
+    elasticity = pipe.donor_prior.spread_level_elasticity().numpy()  # (D,)
+    assert elasticity[0] > 0.9  # the synthetic counts' spread grows with their level
+    ratio = (blended.mean(axis=1) / donor_mean.mean(axis=1)) ** elasticity  # (N, D)
     assert ratio.min() > 1.2  # f sits well above the donors' level
     deviation = at_donor_level.series - blended[:, None]  # the copies' deviations from the donors' mean day
     unclipped = (at_donor_level.series > 0) & (at_blend_level.series > 0)
     assert unclipped.mean() > 0.95
     np.testing.assert_allclose(np.where(unclipped, at_blend_level.series - blended[:, None], 0),
                                np.where(unclipped, ratio[:, None, None] * deviation, 0), rtol=1e-4, atol=1e-3)
+    # where spread does not grow with level (speeds), nothing changes
+    prior = pipe.donor_prior
+    spread = prior.bank_spread.clone()
+    prior.bank_spread.copy_(spread.mean() * prior.bank_level.mean() / prior.bank_level)
+    np.testing.assert_array_equal(sample(pipe).series, sample(pipe, residual_at_blend_level=False).series)
+    prior.bank_spread.copy_(spread)
+    pipe.register_to_config(residual_at_blend_level=True)
     # the mean match's shift scales with the deviations: the set's mean stays f + ratio * (expected - donor mean)
     matched = sample(pipe, match_donor_mean=True, mean_match_strength=1.0).series
-    prior, rows = pipe.donor_prior, torch.tensor([pipe._row_of_node[n] for n in nodes])
+    rows = torch.tensor([pipe._row_of_node[n] for n in nodes])
     expected = pipe._to_data_units(prior.expected_donor_day(prior.candidate_index[rows], prior(rows)[0], 1.0)).numpy()
     whole = (matched > 0).all(axis=1)
     np.testing.assert_allclose(matched.mean(axis=1)[whole], (blended + ratio[:, None] * (expected - donor_mean))[whole],
@@ -514,6 +523,23 @@ def test_days_around_a_blended_mean_vary_at_its_level(city, tmp_path):
     for bad in ("true", 1, None):
         with pytest.raises(ValueError, match="residual_at_blend_level"):
             KGDiffPipeline(**reloaded.components, **{**_own_config(reloaded), "residual_at_blend_level": bad})
+
+
+def test_the_spread_level_elasticity_is_the_clipped_log_log_slope_over_donors(city):
+    prior = build_pipeline(city, KGDiffModelConfig(**SMALL)).donor_prior
+    level = torch.linspace(1.0, 50.0, prior.config.num_bank).unsqueeze(1)
+    prior.bank_level.copy_(level)
+    for power, expected in ((0.6, 0.6), (1.5, 1.0), (-2.0, 0.0), (0.0, 0.0)):
+        prior.bank_spread.copy_(3.0 * level**power)
+        np.testing.assert_allclose(prior.spread_level_elasticity().numpy(), [expected], atol=1e-4)
+    prior.bank_spread.copy_(3.0 * level**0.6)
+    prior.bank_spread[2:] = 0.0  # donors without spread are left out: two remain
+    np.testing.assert_allclose(prior.spread_level_elasticity().numpy(), [0.6], atol=1e-4)
+    prior.bank_spread[1:] = 0.0  # one donor: no slope
+    assert prior.spread_level_elasticity().tolist() == [0.0]
+    prior.bank_spread.copy_(3.0 * level**0.6)
+    prior.bank_level.fill_(7.0)  # one level: no slope
+    assert prior.spread_level_elasticity().tolist() == [0.0]
 
 
 def test_pipelines_saved_before_level_errors_load_sample_as_before_and_refuse_level_noise(city, tmp_path):

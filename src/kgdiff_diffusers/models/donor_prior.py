@@ -608,6 +608,24 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         bank_rows = bank_rows + day_types * self.config.num_bank
         return self._normalised(self.bank_profile[bank_rows], self.bank_spread[bank_rows])
 
+    @torch.no_grad()
+    def spread_level_elasticity(self) -> torch.Tensor:
+        """``(D,)`` how a donor's day-to-day spread grows with its level: the least-squares slope of ``log sigma_j``
+        on ``log L_j`` over the stored donor summaries (all day types) with ``sigma_j, L_j > 0``, clipped to
+        ``[0, 1]``. Counts come out near 1 (a busier zone varies proportionally more: 0.7-0.9 on NYC-Bike's
+        folds), speeds at 0 (a slower sensor is the congested one and varies more: slopes -0.7 to -7 on
+        PeMS-Bay-16 and METR-LA); 0 with fewer than two such donors or one level.
+        """
+        log_level = self.bank_level.clamp_min(_EPS).log()  # (K * num_bank, D)
+        log_spread = self.bank_spread.clamp_min(_EPS).log()
+        valid = ((self.bank_level > 0) & (self.bank_spread > 0)).float()
+        count = valid.sum(0)
+        centred_level = (log_level - (valid * log_level).sum(0) / count.clamp_min(1)) * valid
+        centred_spread = (log_spread - (valid * log_spread).sum(0) / count.clamp_min(1)) * valid
+        variance = (centred_level**2).sum(0)
+        slope = (centred_level * centred_spread).sum(0) / variance.clamp_min(_EPS)
+        return torch.where((count >= 2) & (variance > _EPS), slope.clamp(0.0, 1.0), torch.zeros_like(slope))
+
     def _check_day_types(self, day_types: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         """``(batch,)`` long day types; ``None`` means type 0, allowed only without day types."""
         num_day_types = self.config.num_day_types

@@ -138,10 +138,12 @@ class KGDiffPipeline(DiffusionPipeline):
             pipelines saved before it existed.
         residual_at_blend_level: where ``prior_blend`` mixes ``meta_pattern(phi)`` into the donor prior's mean day
             (multiplicative level mode), a day's deviation from ``f`` (the copy's deviation from the donor prior's
-            mean day, the mean match's shift and the residual scale ``s``) is multiplied by the ratio of ``f``'s
-            level to the donor prior's level, so days vary as much relative to their level as the donors' days do
-            (at ``b = 1`` the ratio is exactly 1). ``False`` for pipelines saved before it existed: deviations at
-            the donors' level, however far ``f`` moved from it.
+            mean day, the mean match's shift and the residual scale ``s``) is multiplied by
+            ``(l_f / l_donors)^beta``, from the donor prior's level ``l_donors`` to ``f``'s ``l_f``, where ``beta`` in
+            ``[0, 1]`` is how the training donors' day-to-day spread grows with their level
+            (:meth:`KGDiffDonorPrior.spread_level_elasticity`: about 0.7-0.9 for counts, 0 for speeds); exactly
+            1 at ``b = 1`` or ``beta = 0``. ``False`` for pipelines saved before it existed: deviations at the
+            donors' level, however far ``f`` moved from it.
         validation_node_ids: the training-side nodes held out of training for validation (the end-of-training
             choices above were made on them), so an evaluation draws its baselines from the same train nodes as
             the model; ``None`` for pipelines saved before they were recorded or trained without validation.
@@ -955,13 +957,16 @@ class KGDiffPipeline(DiffusionPipeline):
         return KGDiffPipelineOutput(series=series, node_ids=all_ids, meta_pattern=meta)
 
     def _blend_level_ratio(self, blended: torch.Tensor, donor_mean_day: torch.Tensor) -> torch.Tensor | None:
-        """``(nodes, D)`` level of the blended mean day over that of the donor prior's (both ``(nodes, D, T)``,
-        normalised); ``None`` in additive level mode, where a level is not a scale."""
+        """``(nodes, D)`` factor ``(l_f / l_donors)^beta`` by which days vary more around the blended mean day than
+        around the donor prior's (both ``(nodes, D, T)``, normalised; ``l`` their levels), with ``beta`` the
+        training donors' elasticity of spread to level (:meth:`KGDiffDonorPrior.spread_level_elasticity`).
+        ``None`` in additive level mode."""
         if self.donor_prior.config.level_mode != "multiplicative":
             return None
         mean, std = self.donor_prior.feature_mean_, self.donor_prior.feature_std_
         level, donor_level = (blended * std + mean).mean(-1).clamp_min(0), (donor_mean_day * std + mean).mean(-1)
-        return torch.where(donor_level > 1e-6, level / donor_level.clamp_min(1e-6), torch.ones_like(level))
+        ratio = torch.where(donor_level > 1e-6, level / donor_level.clamp_min(1e-6), torch.ones_like(level))
+        return ratio.pow(self.donor_prior.spread_level_elasticity())
 
     def _to_frame(self, series: np.ndarray, node_ids: list[str]) -> pd.DataFrame:
         """``(nodes, samples, T, D)`` -> long frame ``node_id, sample, step, <features>``."""
