@@ -248,6 +248,17 @@ def test_model_card_states_the_chosen_donor_day_start(run, tmp_path):
     index.update(match_donor_mean=False)
     (model_dir / "model_index.json").write_text(json.dumps(index))
     assert matched not in " ".join(hub.render_model_card(model_dir, repo_id=REPO_ID).text.split())
+    blended = "The mean day mixes the donor prior's with the KG regression `f(phi)`, weight [0.4] on the donors"
+    assert "The mean day mixes" not in text  # all weight on the donors: nothing to say
+    assert index["residual_at_blend_level"]  # the default of a new pipeline
+    index.update(prior_blend=[0.4])
+    (model_dir / "model_index.json").write_text(json.dumps(index))
+    text = " ".join(hub.render_model_card(model_dir, repo_id=REPO_ID).text.split())
+    assert blended in text and "Days vary around the mix at its level" in text
+    index.update(residual_at_blend_level=False)
+    (model_dir / "model_index.json").write_text(json.dumps(index))
+    text = " ".join(hub.render_model_card(model_dir, repo_id=REPO_ID).text.split())
+    assert blended in text and "Days vary around the mix" not in text
 
 
 def test_model_card_rejects_metrics_of_another_pipeline(run, tmp_path):

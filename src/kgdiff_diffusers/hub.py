@@ -399,6 +399,8 @@ def render_model_card(
         level_noise=index.get("level_noise"),
         match_donor_mean=index.get("match_donor_mean", False),
         mean_match_strength=index.get("mean_match_strength", 1.0),
+        prior_blend=index.get("prior_blend"),
+        residual_at_blend_level=index.get("residual_at_blend_level", False),
         level_estimate_weight=index.get("level_estimate_weight"),
         mmd_bandwidth=bandwidth if isinstance(bandwidth, str) else MMD_BANDWIDTH_NOTE,
         jsd_bins=metrics.get("jsd_bins", "n/a"),
