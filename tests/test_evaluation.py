@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
@@ -26,6 +27,7 @@ from kgdiff_diffusers.evaluation import (
     markdown_table,
     new_node_neighbors,
     training_split_note,
+    use_sampler,
     with_training_split,
 )
 from kgdiff_diffusers.kg.tucker import pretrain_tucker
@@ -127,8 +129,10 @@ def test_evaluate_script_writes_metrics_samples_report_and_pictures(tiny, tmp_pa
     np.testing.assert_array_equal(arrays["real_mask"], dataset.day_mask[test_rows])
     counts = dataset.day_mask[test_rows].sum(axis=1)
     assert counts.tolist() == [8, 5, 8, 8]
-    assert arrays["generated"].shape == (4, 8, 48, 1) and np.isfinite(arrays["generated"]).all()
+    assert arrays["generated"].shape == (4, 8, 48, 1)
     np.testing.assert_array_equal(arrays["generated_mask"].sum(axis=1), counts)
+    generated, generated_mask = arrays["generated"], arrays["generated_mask"]  # 5 days, then NaN, for the node of 5
+    assert np.isfinite(generated[generated_mask]).all() and np.isnan(generated[~generated_mask]).all()
     # anyone can recompute the model's metrics from the samples file
     recomputed = evaluate_nodes(arrays["generated"], arrays["real"], arrays["real_mask"],
                                 arrays["generated_mask"], jsd_range=metrics["jsd_range"],
@@ -159,14 +163,39 @@ def test_generate_for_nodes_masks_counts_and_is_seeded(tiny):
     assert pipe.scheduler is scheduler
     assert generated.shape == (3, 3, 48, 1) and generated.dtype == np.float32
     np.testing.assert_array_equal(mask, [[True, True, False], [True, True, True], [True, False, False]])
+    assert np.isfinite(generated[mask]).all() and np.isnan(generated[~mask]).all()
     again, _ = generate_for_nodes(pipe, node_ids, [2, 3, 1], num_inference_steps=3, sampler="dpm++")
     np.testing.assert_array_equal(generated, again)
     other, _ = generate_for_nodes(pipe, node_ids, [2, 3, 1], num_inference_steps=3, sampler="dpm++", seed=1)
-    assert not np.allclose(generated, other)
+    assert not np.allclose(generated[mask], other[mask])
+    # one number of days for all: one call with the seed, as the pipeline gives it
+    same, full = generate_for_nodes(pipe, node_ids, 2, num_inference_steps=3, sampler="dpm++", seed=4)
+    assert full.all()
+    use_sampler(pipe, "dpm++")
+    direct = pipe(node_ids=node_ids, num_samples=2, num_inference_steps=3, generator=torch.Generator().manual_seed(4))
+    pipe.scheduler = scheduler
+    np.testing.assert_array_equal(same, direct.series)
     with pytest.raises(ValueError, match="num_samples"):
         generate_for_nodes(pipe, node_ids, [2, 0, 1], num_inference_steps=3)
     with pytest.raises(ValueError, match="one per node"):
         generate_for_nodes(pipe, node_ids, [2, 1], num_inference_steps=3)
+
+
+def test_a_node_with_fewer_days_gets_a_whole_mean_matched_set(tiny):
+    dataset, _, _, model_dir = tiny
+    pipe = KGDiffPipeline.from_pretrained(model_dir)  # not the shared one: its config changes here
+    pipe.set_progress_bar_config(disable=True)
+    node_ids = dataset.test_node_ids[:2]
+    pipe.register_to_config(start_strength=0.0, level_exponent=1.0, random_donor_share=0.0, level_noise=0.0,
+                            match_donor_mean=True, mean_match_strength=1.0)
+    generated, mask = generate_for_nodes(pipe, node_ids, [3, 7], num_inference_steps=3, sampler="ddim")
+    prior, rows = pipe.donor_prior, torch.tensor([pipe._row_of_node[n] for n in node_ids])
+    expected = pipe._to_data_units(prior.expected_donor_day(prior.candidate_index[rows], prior(rows)[0], 1.0)).numpy()
+    for node, count in enumerate((3, 7)):
+        days = generated[node, :count]
+        if (days > 0).all():  # no clipped value: the set's mean is exactly the expected donor day
+            np.testing.assert_allclose(days.mean(axis=0), expected[node], rtol=1e-4, atol=1e-3)
+    assert (generated[0, :3] > 0).all()  # the node with fewer days is checked, not skipped
 
 
 def test_evaluate_pipeline_caps_days_per_node(tiny):

@@ -121,6 +121,11 @@ def use_sampler(pipe, sampler: str) -> None:
     pipe.scheduler = make_sampler(sampler, pipe.scheduler.config)
 
 
+# Seeds of the calls of generate_for_nodes for successive numbers of days are this far apart (evaluation draws
+# are 1000 apart, so none of them shares a seed).
+_GROUP_SEED_STRIDE = 1_000_003
+
+
 def generate_for_nodes(
     pipe,
     node_ids: Sequence[str],
@@ -131,10 +136,12 @@ def generate_for_nodes(
     batch_size: int = 256,
     day_type: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Generated days for known nodes, a possibly different number per node, in one pipeline call.
+    """Generated days for known nodes, a possibly different number per node.
 
-    The pipeline draws ``max(num_samples)`` days per node; the mask keeps the first ``num_samples[i]`` of
-    node ``i``. ``pipe``'s scheduler is left as it was.
+    Nodes that need the same number of days are generated together, in one pipeline call per number, so each
+    node's days are one whole call's set (stratified over its donors and mean-matched as a set, see
+    :meth:`~kgdiff_diffusers.KGDiffPipeline.__call__`), not the first few of a larger one. With one number for
+    all nodes this is a single call seeded with ``seed``. ``pipe``'s scheduler is left as it was.
 
     Args:
         pipe: a :class:`~kgdiff_diffusers.KGDiffPipeline`.
@@ -147,7 +154,8 @@ def generate_for_nodes(
         day_type: the day type generated (see :meth:`~kgdiff_diffusers.KGDiffPipeline.__call__`).
 
     Returns:
-        ``(generated, mask)``: ``(N, S_max, T, D)`` float32 in data units and ``(N, S_max)`` bool.
+        ``(generated, mask)``: ``(N, S_max, T, D)`` float32 in data units (NaN beyond a node's number of days)
+        and ``(N, S_max)`` bool.
     """
     node_ids = [str(node_id) for node_id in node_ids]
     counts = np.asarray(num_samples, dtype=np.int64)
@@ -157,21 +165,27 @@ def generate_for_nodes(
     if len(node_ids) == 0 or counts.min() < 1:
         raise ValueError(f"need >= 1 node and num_samples >= 1 per node; got {len(node_ids)} nodes, "
                          f"num_samples {num_samples}")
+    generated = None
     scheduler = pipe.scheduler
     try:
         use_sampler(pipe, sampler)
-        output = pipe(
-            node_ids=node_ids,
-            num_samples=int(counts.max()),
-            num_inference_steps=num_inference_steps,
-            generator=torch.Generator().manual_seed(seed),
-            batch_size=batch_size,
-            day_type=day_type,
-        )
+        for group, count in enumerate(np.unique(counts)):
+            rows = np.flatnonzero(counts == count)
+            series = pipe(
+                node_ids=[node_ids[row] for row in rows],
+                num_samples=int(count),
+                num_inference_steps=num_inference_steps,
+                generator=torch.Generator().manual_seed(seed + _GROUP_SEED_STRIDE * group),
+                batch_size=batch_size,
+                day_type=day_type,
+            ).series
+            if generated is None:
+                generated = np.full((len(node_ids), counts.max(), *series.shape[2:]), np.nan, dtype=np.float32)
+            generated[rows, :count] = series
     finally:
         pipe.scheduler = scheduler
     mask = np.arange(counts.max())[None, :] < counts[:, None]
-    return np.asarray(output.series, dtype=np.float32), mask
+    return generated, mask
 
 
 def _compared_days(day_mask: np.ndarray, max_days_per_node: int | None, seed: int) -> np.ndarray:
@@ -577,7 +591,8 @@ def write_report(
 def save_samples(path: str | Path, result: EvaluationResult) -> Path:
     """Writes the compared days as a compressed npz, so the metrics can be recomputed independently.
 
-    Keys: ``node_ids`` ``(N,)`` str, ``generated`` ``(N, S_gen, T, D)`` and ``generated_mask`` ``(N, S_gen)``,
+    Keys: ``node_ids`` ``(N,)`` str, ``generated`` ``(N, S_gen, T, D)`` (NaN where ``generated_mask`` is False: a
+    node with fewer days than ``S_gen``) and ``generated_mask`` ``(N, S_gen)``,
     ``real`` ``(N, S, T, D)`` and ``real_mask`` ``(N, S)`` (data units; the days the metrics compared),
     ``dates`` ``(S,)`` ISO dates of ``real``'s day axis.
 
