@@ -212,6 +212,19 @@ def test_prior_centred_residual_targets_the_deviation_from_the_estimate_of_other
         loss("mean")
 
 
+def _blend_by_one_standard_error(pipe: KGDiffPipeline, donors, learned, real: np.ndarray) -> float:
+    """The largest b in 0, 0.1, ..., 1 whose mean validation MAE is within one standard error (of the per-node
+    differences to the best b) of the lowest; one feature."""
+    grid = np.linspace(0, 1, 11)
+    errors = np.stack([
+        np.abs(pipe._clip_to_range(pipe._to_data_units(b * donors + (1 - b) * learned)).numpy() - real).mean(1)[:, 0]
+        for b in grid
+    ])  # (grid, V)
+    best = errors.mean(1).argmin()
+    standard_error = (errors - errors[best]).std(1, ddof=1) / np.sqrt(errors.shape[1])
+    return float(grid[np.nonzero(errors.mean(1) <= errors[best].mean() + standard_error)[0][-1]])
+
+
 def test_the_blend_is_chosen_on_validation_nodes_and_used_for_f(city):
     _, validation = split_validation_nodes(city.node_table, city.train_node_ids, 0.25)
     dataset = city.with_split(city.test_node_ids, validation)
@@ -227,15 +240,50 @@ def test_the_blend_is_chosen_on_validation_nodes_and_used_for_f(city):
     profiles, _, _ = node_day_statistics(dataset)
     real = profiles[dataset.validation_rows].transpose(0, 2, 1)
 
-    def error(b: float) -> float:
-        blended = pipe._clip_to_range(pipe._to_data_units(b * donors + (1 - b) * learned)).numpy()
-        return float(np.abs(blended - real).mean())
-
-    assert error(blend[0]) <= min(error(b) for b in np.linspace(0, 1, 11)) + 1e-4
+    assert blend == [_blend_by_one_standard_error(pipe, donors, learned, real)]
     out = pipe(node_ids=nodes[:1], num_samples=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     expected = pipe._clip_to_range(pipe._to_data_units(blend[0] * donors[:1] + (1 - blend[0]) * learned[:1]))
     np.testing.assert_allclose(out.meta_pattern, expected.numpy(), rtol=1e-5, atol=1e-4)
     assert choose_prior_blend(build_pipeline(city, KGDiffModelConfig(**SMALL)), city) is None  # no validation nodes
+
+
+def test_the_blend_keeps_the_donors_unless_the_regression_wins_beyond_one_standard_error(city):
+    _, validation = split_validation_nodes(city.node_table, city.train_node_ids, 0.25)
+    dataset = city.with_split(city.test_node_ids, validation)
+    pipe = build_pipeline(dataset, KGDiffModelConfig(**SMALL))
+    nodes = [dataset.node_ids[r] for r in dataset.validation_rows]
+    profiles, _, _ = node_day_statistics(dataset)
+    real = profiles[dataset.validation_rows].transpose(0, 2, 1)  # (V, T, D) data units
+    mean, std = (torch.tensor(pipe.config[k]).view(1, -1, 1) for k in ("feature_mean", "feature_std"))
+    real_normalised = (torch.from_numpy(real).float().transpose(1, 2) - mean) / std  # (V, D, T)
+    with torch.no_grad():
+        donors = pipe.prior(nodes)[0]
+    donor_miss = np.abs(pipe._to_data_units(donors).numpy() - real).mean(axis=(1, 2))
+
+    def chosen(learned: torch.Tensor) -> float:
+        pipe.meta_pattern.forward = lambda phi: learned
+        return choose_prior_blend(pipe, dataset)[0]
+
+    # A regression that knows every validation node's mean day wins beyond any noise.
+    assert chosen(real_normalised) == 0.0
+    # Right where the donors are furthest off, twice as wrong at the next node: the mean MAE prefers f(phi), by a
+    # gain smaller than its standard error over the validation nodes, so the donors stay.
+    first, second = np.argsort(-donor_miss)[:2]
+    learned = donors.clone()
+    learned[first] = real_normalised[first]
+    learned[second] = 2 * donors[second] - real_normalised[second]
+
+    def mean_error(b: float) -> float:
+        blended = pipe._clip_to_range(pipe._to_data_units(b * donors + (1 - b) * learned)).numpy()
+        return float(np.abs(blended - real).mean())
+
+    assert mean_error(0.0) < mean_error(1.0)  # the old rule, the lowest mean, would have taken f(phi)
+    assert chosen(learned) == 1.0 == _blend_by_one_standard_error(pipe, donors, learned, real)
+    # One validation node cannot measure the noise: the donors stay even against a perfect regression.
+    single = city.with_split(city.test_node_ids, validation[:1])
+    pipe = build_pipeline(single, KGDiffModelConfig(**SMALL))
+    pipe.meta_pattern.forward = lambda phi: real_normalised[:1]
+    assert choose_prior_blend(pipe, single) == [1.0]
 
 
 def _candidate_days(pipe: KGDiffPipeline, dataset, row: int) -> np.ndarray:

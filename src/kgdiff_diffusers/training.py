@@ -482,6 +482,23 @@ def _validation_groups(pipe: KGDiffPipeline, dataset) -> tuple[np.ndarray, list[
     return node_day_statistics(dataset)[0][None], [(0, None, rows)] if len(rows) else []
 
 
+def _within_one_standard_error(errors: torch.Tensor) -> torch.Tensor:
+    """``(W, D)`` mask of the settings whose mean error is within one standard error of the best's.
+
+    Args:
+        errors: ``(W, V, D)`` per setting, validation node and feature. The standard error is that of the
+            per-node differences to the best setting (lowest mean error per feature), over the ``V`` nodes; one
+            node cannot measure it, so with ``V = 1`` every setting is within.
+    """
+    mean_error = errors.mean(1)  # (W, D)
+    if errors.shape[1] < 2:
+        return torch.ones_like(mean_error, dtype=torch.bool)
+    best = mean_error.argmin(dim=0)  # (D,)
+    gap = errors - errors.gather(0, best.view(1, 1, -1).expand(1, *errors.shape[1:]))  # (W, V, D)
+    standard_error = gap.std(dim=1) / errors.shape[1] ** 0.5
+    return mean_error <= mean_error.gather(0, best.view(1, -1)) + standard_error
+
+
 LEVEL_ESTIMATE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -516,11 +533,7 @@ def choose_level_estimate_weight(pipe: KGDiffPipeline, dataset) -> list[float] |
         real.append(torch.from_numpy(true_log[k, group_rows]).float())
     donors, estimated, real = torch.cat(donors), torch.cat(estimated), torch.cat(real)
     errors = torch.stack([(w * estimated + (1 - w) * donors - real).abs() for w in LEVEL_ESTIMATE_WEIGHTS])  # (W, V, D)
-    mean_error = errors.mean(1)  # (W, D)
-    best = mean_error.argmin(dim=0)  # (D,)
-    gap = errors - errors.gather(0, best.view(1, 1, -1).expand(1, *errors.shape[1:]))  # (W, V, D)
-    standard_error = gap.std(dim=1).nan_to_num(0.0) / len(real) ** 0.5
-    within = mean_error <= mean_error.gather(0, best.view(1, -1)) + standard_error  # (W, D)
+    within = _within_one_standard_error(errors)
     weight = [LEVEL_ESTIMATE_WEIGHTS[int(torch.nonzero(within[:, d])[0])] for d in range(within.shape[1])]
     pipe.register_to_config(level_estimate_weight=weight)
     return weight
@@ -528,14 +541,17 @@ def choose_level_estimate_weight(pipe: KGDiffPipeline, dataset) -> list[float] |
 
 @torch.no_grad()
 def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[float] | None:
-    """Sets ``pipe``'s ``prior_blend`` (per feature) to the grid value with the lowest validation-node MAE.
+    """Sets ``pipe``'s ``prior_blend`` (per feature): the largest grid value whose validation-node MAE is within
+    one standard error of the lowest.
 
     ``f = b * f_donors + (1 - b) * f(phi)``: the donor prior wins where nearby and KG-similar training nodes
-    resemble an unseen place (NYC-Bike), the KG regression where the KG explains the days (the synthetic
-    city). The choice uses only VALIDATION nodes (training-side nodes excluded from training), scored
-    like the test: MAE between each node's mean valid day and its ``f`` in data units. A pipeline with
-    several day types is scored on every (node, day type) with days of that type, against the node's mean
-    day of the type.
+    resemble an unseen place (NYC-Bike), the KG regression where the KG explains the days. The choice uses only
+    VALIDATION nodes (training-side nodes excluded from training), scored like the test: MAE between each
+    node's mean valid day and its ``f`` in data units. The donors (``b = 1``) stay unless ``f(phi)``'s gain
+    exceeds the noise of the validation nodes (the standard error of the per-node differences, as in
+    :func:`choose_level_estimate_weight`): a regression fitted to a dozen training nodes can beat the donors
+    on two validation nodes and miss the test band by a third of its level. A pipeline with several day types
+    is scored on every (node, day type) with days of that type, against the node's mean day of the type.
 
     Returns:
         the chosen ``(D,)`` weights, or ``None`` (left unchanged) when the pipeline lacks one of the two
@@ -555,10 +571,11 @@ def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[fl
     donors, learned, real = torch.cat(donors), torch.cat(learned), torch.cat(real)
     weights = torch.linspace(0.0, 1.0, grid)
     errors = torch.stack([
-        (pipe._clip_to_range(pipe._to_data_units(b * donors + (1 - b) * learned)) - real).abs().mean(dim=(0, 1))
+        (pipe._clip_to_range(pipe._to_data_units(b * donors + (1 - b) * learned)) - real).abs().mean(dim=1)
         for b in weights
-    ])  # (grid, D)
-    blend = [float(weights[i]) for i in errors.argmin(dim=0)]
+    ])  # (grid, V, D)
+    within = _within_one_standard_error(errors)
+    blend = [float(weights[int(torch.nonzero(within[:, d])[-1])]) for d in range(within.shape[1])]
     pipe.register_to_config(prior_blend=blend)
     return blend
 
