@@ -284,6 +284,9 @@ def test_the_blend_keeps_the_donors_unless_the_regression_wins_beyond_one_standa
     pipe = build_pipeline(single, KGDiffModelConfig(**SMALL))
     pipe.meta_pattern.forward = lambda phi: real_normalised[:1]
     assert choose_prior_blend(pipe, single) == [1.0]
+    pipe.meta_pattern.forward = lambda phi: torch.full_like(real_normalised[:1], float("nan"))
+    with pytest.raises(ValueError, match="validation errors are not finite"):
+        choose_prior_blend(pipe, single)
 
 
 def _candidate_days(pipe: KGDiffPipeline, dataset, row: int) -> np.ndarray:

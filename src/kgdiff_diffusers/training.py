@@ -490,6 +490,8 @@ def _within_one_standard_error(errors: torch.Tensor) -> torch.Tensor:
             per-node differences to the best setting (lowest mean error per feature), over the ``V`` nodes; one
             node cannot measure it, so with ``V = 1`` every setting is within.
     """
+    if not torch.isfinite(errors).all():
+        raise ValueError("validation errors are not finite (NaN/inf in a validation node's days or the model's output)")
     mean_error = errors.mean(1)  # (W, D)
     if errors.shape[1] < 2:
         return torch.ones_like(mean_error, dtype=torch.bool)
@@ -506,9 +508,10 @@ LEVEL_ESTIMATE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 def choose_level_estimate_weight(pipe: KGDiffPipeline, dataset) -> list[float] | None:
     """Sets ``pipe``'s ``level_estimate_weight`` (per feature) from :data:`LEVEL_ESTIMATE_WEIGHTS` by the VALIDATION
     nodes' mean absolute log error of the level ``exp(w log L_est + (1 - w) log L_donors)``: the smallest ``w``
-    whose error is within one standard error (of its per-node difference to the best ``w``) of the best. So the
-    donors' level stays unless the estimate's gain exceeds the noise of a few validation nodes (on METR-LA the
-    plain minimum picked ``w > 0`` for gains of 1-2 % that the test nodes did not share). Run before
+    whose error is within one standard error (of its per-node difference to the best ``w``) of the best (``w = 0``
+    with one validation node). So the donors' level stays unless the estimate's gain exceeds the noise of a few
+    validation nodes (on METR-LA the plain minimum picked ``w > 0`` for gains of 1-2 % that the test nodes did not
+    share). Run before
     :func:`choose_prior_blend`, which then blends the relevelled prior.
 
     Returns:
@@ -549,8 +552,9 @@ def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[fl
     VALIDATION nodes (training-side nodes excluded from training), scored like the test: MAE between each
     node's mean valid day and its ``f`` in data units. The donors (``b = 1``) stay unless ``f(phi)``'s gain
     exceeds the noise of the validation nodes (the standard error of the per-node differences, as in
-    :func:`choose_level_estimate_weight`): a regression fitted to a dozen training nodes can beat the donors
-    on two validation nodes and miss the test band by a third of its level. A pipeline with several day types
+    :func:`choose_level_estimate_weight`; with one validation node ``b = 1``): on a 15-zone NYC-Bike proxy a
+    regression fitted to 9 training zones beat the donors on both of two validation zones and then lost the test
+    band by 25 % in MAE (``bench/README.md``, session 20). A pipeline with several day types
     is scored on every (node, day type) with days of that type, against the node's mean day of the type.
 
     Returns:
