@@ -39,7 +39,7 @@ from accelerate.utils import gather_object
 
 from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.data.days import DAY_TYPES
-from kgdiff_diffusers.data.prepared import KG_DIR, NODES_FILE
+from kgdiff_diffusers.data.prepared import KG_DIR, NODES_FILE, NODES_FILE_COLUMNS
 from kgdiff_diffusers.evaluation import new_node_neighbors, plot_generated_days, use_sampler
 from kgdiff_diffusers.fingerprint import check_data_fingerprint, data_fingerprint
 from kgdiff_diffusers.kg.builders import new_node_triples
@@ -159,6 +159,10 @@ def load_places(data: Path) -> tuple[pd.DataFrame, KnowledgeGraph]:
             f"--data {data}: no {NODES_FILE}; pass a folder written by scripts/prepare_data.py"
         )
     node_table = pd.read_csv(nodes_path, dtype={"node_id": str, "entity": str})
+    missing = [column for column in NODES_FILE_COLUMNS if column not in node_table.columns]
+    if missing:
+        raise ValueError(f"--data {data}: {NODES_FILE} lacks the column(s) {missing}; pass a folder written by "
+                         "scripts/prepare_data.py")
     return node_table, KnowledgeGraph.load(data / KG_DIR)
 
 

@@ -231,13 +231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args, _ = parser.parse_known_args(argv)
     defaults = dict(PRESETS[args.preset])
     if args.config is not None:
-        if not args.config.is_file():
-            parser.error(f"--config {args.config} does not exist")
-        loaded = yaml.safe_load(args.config.read_text()) or {}
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            parser.error(f"--config {args.config}: unknown keys {unknown}")
+        loaded = config_values(parser, args.config)
         defaults.update(loaded)
         if "preset" in loaded:
             defaults = {**PRESETS[loaded["preset"]], **loaded}
@@ -287,6 +281,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_output_dir_is_not_the_dataset(parser, args)
     check_synthetic_city_folder(parser, args)
     return args
+
+
+def config_values(parser: argparse.ArgumentParser, path: Path) -> dict:
+    """The argument values of a ``--config`` YAML file, each checked and converted as its flag would be.
+
+    Argparse converts only string defaults, so without this a quoted ``"false"`` would switch a flag on and
+    ``max_train_steps: 2.5`` would fail mid-run.
+    """
+    if not path.is_file():
+        parser.error(f"--config {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        parser.error(f"--config {path}: not valid YAML{where}")
+    if not isinstance(loaded, dict):
+        parser.error(f"--config {path}: must map argument names to values (name: value lines), got a "
+                     f"{type(loaded).__name__}")
+    actions = {action.dest: action for action in parser._actions}
+    unknown = sorted(set(loaded) - set(actions))
+    if unknown:
+        parser.error(f"--config {path}: unknown keys {unknown}")
+    for key, value in loaded.items():
+        action = actions[key]
+        if action.nargs == 0:  # a switch such as --no_guidance
+            if not isinstance(value, bool):
+                parser.error(f"--config {path}: {key} is a switch; give true or false (unquoted), got {value!r}")
+            continue
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            parser.error(f"--config {path}: {key} got {str(value).lower()}: YAML reads unquoted yes/no/on/off/true/"
+                         "false as a switch value; quote it ('no') if it is a word")
+        if isinstance(value, (list, dict)):
+            parser.error(f"--config {path}: {key} takes one value, got {value!r}")
+        convert = action.type or str
+        try:
+            converted = convert(str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            parser.error(f"--config {path}: {key} must be {getattr(convert, '__name__', 'valid')}, got {value!r}")
+        if action.choices is not None and converted not in action.choices:
+            parser.error(f"--config {path}: {key} must be one of {list(action.choices)}, got {value!r}")
+        loaded[key] = converted
+    return loaded
 
 
 def check_numeric_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -577,6 +616,13 @@ def check_resumed_settings(args: argparse.Namespace, checkpoint: Path) -> None:
 
     A run saved before ``--num_bank_days`` existed resumes with ``--num_bank_days 0``, the donor prior it saved.
     """
+    step = checkpoint_step(checkpoint)
+    if step > args.max_train_steps:
+        raise ValueError(
+            f"--max_train_steps {args.max_train_steps} is below the step of --resume_from_checkpoint {checkpoint} "
+            f"({step}): its weights are trained further already. Give --max_train_steps {step} or more, or resume "
+            "an earlier checkpoint"
+        )
     stored = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
     if "num_bank_days" not in stored and args.num_bank_days is None and not args.no_donor_prior:
         logger.warning(f"{checkpoint} predates the donor-day start: resuming it with --num_bank_days 0 (from noise)")

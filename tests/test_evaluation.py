@@ -235,6 +235,17 @@ def test_validation_split_is_evaluated_and_baselines_alone_match(tiny):
         evaluate_baselines(split, split="valid")
 
 
+def test_knn_baselines_that_need_more_training_nodes_than_there_are_are_left_out(tiny, caplog):
+    dataset, pipe, _, _ = tiny
+    split = dataset.with_split(dataset.test_node_ids, dataset.train_node_ids[4:])  # 4 training nodes remain
+    with caplog.at_level(logging.WARNING):
+        result = evaluate_pipeline(pipe, split, num_inference_steps=2, max_days_per_node=3, seed=1)
+    assert set(result.metrics["methods"]) == BASELINES - {"knn5_profile", "knn5_days"} | {MODEL_NAME}
+    assert "left out the kNN baselines with k = [5]: only 4 training node(s) have days" in caplog.text
+    alone = evaluate_baselines(split, seed=1, max_days_per_node=3)
+    assert alone["methods"]["knn3_days"] == result.metrics["methods"]["knn3_days"]
+
+
 def test_evaluation_reuses_the_validation_nodes_the_model_was_trained_without(tiny, tmp_path, caplog):
     dataset, _, _, _ = tiny
     with caplog.at_level(logging.WARNING):

@@ -1,5 +1,7 @@
 """scripts/generate.py: known nodes and new places by coordinates, one process and two (accelerate launch)."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -105,6 +107,17 @@ def test_generate_rejects_unknown_ids_and_bad_arguments(tiny, generate, tmp_path
     ):
         with pytest.raises(SystemExit):
             generate.parse_args(["--model", str(model_dir), "--output", output, *bad])
+
+
+def test_a_node_table_without_a_column_is_named(tiny, generate, tmp_path):
+    _, data_dir, _ = tiny
+    for column in ("split", "entity"):
+        copy = tmp_path / column
+        shutil.copytree(data_dir, copy)
+        table = pd.read_csv(copy / "nodes.csv", dtype=str)
+        table.drop(columns=[column]).to_csv(copy / "nodes.csv", index=False)
+        with pytest.raises(ValueError, match=rf"--data {copy}: nodes.csv lacks the column\(s\) \['{column}'\]"):
+            generate.load_places(copy)
 
 
 class NotLoaded:

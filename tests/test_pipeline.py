@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from kgdiff_diffusers import KGDiffPipeline
 from kgdiff_diffusers.schedulers.scheduling_kgdiff import make_sampler
@@ -353,6 +354,21 @@ def test_a_corrupt_weights_file_is_named_corrupt_not_missing(tiny_pipeline, tmp_
     with pytest.raises(OSError, match="corrupt or truncated") as error:
         KGDiffPipeline.from_pretrained(tmp_path)
     assert not isinstance(error.value, FileNotFoundError) and "pickle" not in str(error.value)
+
+
+def test_a_weights_file_of_another_shape_names_its_component(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    weights = tmp_path / "meta_pattern" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    key = sorted(tensors)[0]
+    expected = list(tensors[key].shape)
+    tensors[key] = torch.zeros(expected[0] + 1, *expected[1:])
+    save_file(tensors, weights)
+    with pytest.raises(ValueError) as error:
+        KGDiffPipeline.from_pretrained(tmp_path)
+    message = str(error.value)
+    assert f"meta_pattern/diffusion_pytorch_model.safetensors does not fit its config ({key} has shape" in message
+    assert f"in the file, {expected} in the model" in message and "do not pass ignore_mismatched_sizes" in message
 
 
 def _own_config(pipe) -> dict:

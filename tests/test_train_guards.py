@@ -229,6 +229,17 @@ def test_resuming_a_truncated_checkpoint_fails_with_one_line(reference, tmp_path
     assert load_file(run / "checkpoints" / "checkpoint-6" / "model.safetensors").keys()
 
 
+def test_resuming_below_the_checkpoints_step_is_refused(train_script, reference, tmp_path):
+    run = copy_run(reference, tmp_path / "run")
+    checkpoint = run / "checkpoints" / "checkpoint-6"
+    args = train_script.parse_args([*TINY, "--output_dir", str(run), "--max_train_steps", "4"])
+    with pytest.raises(ValueError, match=r"--max_train_steps 4 is below the step of .*checkpoint-6 \(6\): .* Give "
+                                         r"--max_train_steps 6 or more"):
+        train_script.check_resumed_settings(args, checkpoint)
+    args = train_script.parse_args([*TINY, "--output_dir", str(run), "--max_train_steps", "6"])
+    train_script.check_resumed_settings(args, checkpoint)
+
+
 def test_a_named_checkpoint_resolves_in_the_run_and_later_ones_are_protected(train_script, reference, tmp_path):
     checkpoints = copy_run(reference, tmp_path / "run").joinpath("checkpoints")
     assert train_script.resolve_named_checkpoint("checkpoint-6", checkpoints) == checkpoints / "checkpoint-6"
@@ -266,3 +277,25 @@ def test_no_level_estimator_flag_builds_the_previous_default(train_script):
     assert {k: v for k, v in vars(default).items() if k != "use_level_estimator"} == {
         k: v for k, v in vars(without).items() if k != "use_level_estimator"
     }
+
+
+def test_config_values_are_checked_like_their_flags(train_script, capsys, tmp_path):
+    config = tmp_path / "run.yaml"
+    for text, message in (
+        ('no_guidance: "false"\n', "no_guidance is a switch; give true or false (unquoted), got 'false'"),
+        ("max_train_steps: 2.5\n", "max_train_steps must be int, got 2.5"),
+        ("learning_rate: fast\n", "learning_rate must be float, got 'fast'"),
+        ("mixed_precision: no\n", "mixed_precision got false: YAML reads unquoted yes/no"),
+        ("validation_metric: mea\n", "validation_metric must be one of"),
+        ("train_batch_size: [8, 16]\n", "train_batch_size takes one value, got [8, 16]"),
+        ("dataset: [synthetic-city\n", "not valid YAML (line 2"),
+        ("- dataset\n", "must map argument names to values"),
+    ):
+        config.write_text(text)
+        assert f"--config {config}: {message}" in parse_error(
+            train_script, capsys, "--output_dir", str(tmp_path / "run"), "--config", str(config)
+        )
+    config.write_text("no_guidance: true\nvalidation_draws: 2\nlearning_rate: 1e-4\nmixed_precision: 'no'\n")
+    args = train_script.parse_args([*TINY, "--output_dir", str(tmp_path / "run"), "--config", str(config)])
+    assert (args.no_guidance, args.validation_draws, args.learning_rate, args.mixed_precision) == (True, 2, 1e-4, "no")
+    assert type(args.validation_draws) is int

@@ -283,6 +283,17 @@ def evaluate_baselines(
     return _evaluate(dataset, split, None, seed, samples_per_node, True, ks, max_days_per_node, jsd_bins).metrics
 
 
+def _feasible_donor_counts(ks: Sequence[int], train_day_mask: np.ndarray, groups: list) -> list[int]:
+    """The kNN baselines' donor counts that every day type's training nodes can fill; the others are left out with
+    a warning (a data set with 4 training nodes has no 5 nearest)."""
+    with_data = min(int((train_day_mask & of_type[None]).any(axis=1).sum()) for _, of_type in groups)
+    feasible = [k for k in ks if k <= with_data]
+    if len(feasible) < len(ks):
+        logger.warning("left out the kNN baselines with k = %s: only %d training node(s) have days",
+                       [k for k in ks if k > with_data], with_data)
+    return feasible
+
+
 def _evaluate(dataset, split, generate, seed, samples_per_node, include_baselines, ks, max_days_per_node,
               jsd_bins, day_types=None) -> EvaluationResult:
     """Shared body of :func:`evaluate_pipeline` and :func:`evaluate_baselines` (``generate`` ``None``).
@@ -330,6 +341,8 @@ def _evaluate(dataset, split, generate, seed, samples_per_node, include_baseline
         groups = [(None, np.ones(len(dataset.dates), dtype=bool))]
     else:
         groups = [(name, date_types == DAY_TYPES.index(name)) for name in day_types]
+    if include_baselines:
+        ks = _feasible_donor_counts(ks, dataset.day_mask[train_rows], groups)
     group_methods, group_masks, by_day_type = [], [], {}
     for offset, (day_type, of_type) in enumerate(groups):
         type_mask = real_mask & of_type[None]

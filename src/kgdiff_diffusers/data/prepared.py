@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 DAYS_DIR = "days"
 DAYS_PARQUET = "days.parquet"
 NODES_FILE = "nodes.csv"
+# The columns every prepared node table holds.
+NODES_FILE_COLUMNS = ("node_id", "lat", "lon", "entity", "split")
 KG_DIR = "kg"
 EMBEDDINGS_FILE = "kg_embeddings.safetensors"
 META_FILE = "prepared.json"
@@ -132,8 +134,7 @@ class PreparedDataset:
             raise ValueError("valid days hold NaN or inf; prepare the dataset again with this version")
         if steps_per_day * self.interval_minutes != 24 * 60:
             raise ValueError(f"{steps_per_day} steps of {self.interval_minutes} minutes do not make a day")
-        required = ("node_id", "lat", "lon", "entity", "split")
-        missing = [column for column in required if column not in self.node_table.columns]
+        missing = [column for column in NODES_FILE_COLUMNS if column not in self.node_table.columns]
         if missing:
             raise ValueError(f"node_table lacks the column(s) {missing}")
         unknown_splits = set(self.node_table["split"]) - set(SPLITS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
+from safetensors import safe_open
 
 from ..data.days import DAY_TYPES
 from ..delay_embedding import DelayEmbedding
@@ -52,6 +54,31 @@ def _edited_configs_message(source: str, files: Sequence[str]) -> str:
         "model_index.json); the components were trained together, and such edits (prediction_type, "
         "num_train_timesteps, the order of node_ids, ...) make them disagree. Restore the saved files, "
         "or change the pipeline in Python and save_pretrained it again"
+    )
+
+
+# diffusers' message for a weights file whose tensor shapes do not fit the component built from its config.
+_SHAPE_MISMATCH = re.compile(
+    r"because (\S+) expected shape torch\.Size\((\[[^\]]*\])\), but got torch\.Size\((\[[^\]]*\])\)"
+)
+
+
+def _mismatched_weights_message(path, key: str, expected: str, found: str) -> str:
+    """Names the component whose weights file holds ``key`` at the ``found`` shape (diffusers names none)."""
+    folders = []
+    for name in COMPONENT_NAMES:
+        weights = Path(path) / name / "diffusion_pytorch_model.safetensors"
+        try:
+            with safe_open(weights, framework="pt") as file:
+                if key in file.keys() and list(file.get_slice(key).get_shape()) == json.loads(found):
+                    folders.append(f"{name}/{weights.name}")
+        except Exception:  # no local file, or one that another check reports
+            continue
+    where = ", ".join(folders) or "a component's weights file"
+    return (
+        f"{path}: {where} does not fit its config ({key} has shape {found} in the file, {expected} in the model "
+        "its config.json builds): the weights file belongs to another model. Copy or download the whole pipeline "
+        "folder again; do not pass ignore_mismatched_sizes, which would keep random weights"
     )
 
 
@@ -365,6 +392,10 @@ class KGDiffPipeline(DiffusionPipeline):
             edited = cls._edited_config_files(pretrained_model_name_or_path, passed=set(kwargs))
             if edited:
                 raise ValueError(_edited_configs_message(str(pretrained_model_name_or_path), edited)) from err
+            mismatch = _SHAPE_MISMATCH.search(str(err))
+            if mismatch:
+                message = _mismatched_weights_message(pretrained_model_name_or_path, *mismatch.groups())
+                raise ValueError(message) from None
             raise
         # Components passed in (diffusers' `from_pretrained(path, scheduler=...)`) replace saved ones on purpose.
         replaced = {name for name in kwargs if name in pipe.components}
