@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kgdiff_diffusers.data.checks import check_data
 from kgdiff_diffusers.data.days import interpolate_gaps, make_day_samples
 from kgdiff_diffusers.data.loaders import load_long_table
 from kgdiff_diffusers.data.prepared import PreparedDataset, prepare_dataset
@@ -411,3 +412,13 @@ def test_check_warns_about_a_stuck_sensor(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "warning: 1 node(s) read one constant value throughout (a stuck sensor?): ['401']" in out
     assert "check passed" in out
+
+
+def test_check_refuses_test_nodes_that_keep_no_day() -> None:
+    data = flow_data(num_nodes=6)
+    data.values[[4, 5]] = np.nan
+    _, summary, problems = check_data(data, test_node_ids=["a5"])
+    assert problems == ["no test node keeps a day (['a5']): evaluation after training would have nothing to score; "
+                        "choose other --test_node_ids"]
+    _, summary, problems = check_data(data, test_node_ids=["a0", "a5"])
+    assert not problems and "warning: 1 test node(s) keep no day and cannot be scored: ['a5']" in summary

@@ -186,6 +186,12 @@ def check_data(
         per_node["split"] = ["train" if node_id in train else "test" for node_id in data.node_ids]
         feature_stats(days, day_mask, np.flatnonzero(per_node["split"] == "train"))
         summary.append(f"split: {len(train_ids)} train, {len(test_ids)} test nodes")
+        unscored = per_node.loc[(per_node["split"] == "test") & (per_node["days_kept"] == 0), "node_id"].tolist()
+        if unscored and len(unscored) == len(test_ids):
+            problems.append(f"no test node keeps a day ({unscored[:5]}): evaluation after training would have "
+                            "nothing to score; choose other --test_node_ids")
+        elif unscored:
+            summary.append(f"warning: {len(unscored)} test node(s) keep no day and cannot be scored: {unscored[:5]}")
     except ValueError as err:
         problems.append(str(err))
     try:
