@@ -719,6 +719,10 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(args.seed)
 
     dataset = hold_out_validation_nodes(load_dataset(args, accelerator), args.validation_fraction)
+    if args.final_evaluation and not dataset.day_mask[dataset.test_rows].any():
+        raise ValueError(f"dataset {dataset.name!r}: no test node has a valid day, so --final_evaluation would have "
+                         "nothing to score after training; prepare the data with other --test_node_ids, or train "
+                         "without --final_evaluation")
     config = model_config(args)
     pipe = build_pipeline(dataset, config)
     pipe.register_to_config(data_fingerprint=data_fingerprint(dataset.node_table, dataset.kg, dataset.name))

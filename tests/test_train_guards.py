@@ -299,3 +299,13 @@ def test_config_values_are_checked_like_their_flags(train_script, capsys, tmp_pa
     args = train_script.parse_args([*TINY, "--output_dir", str(tmp_path / "run"), "--config", str(config)])
     assert (args.no_guidance, args.validation_draws, args.learning_rate, args.mixed_precision) == (True, 2, 1e-4, "no")
     assert type(args.validation_draws) is int
+
+
+def test_final_evaluation_without_a_scorable_test_node_fails_before_training(data_dir, tmp_path):
+    dataset = PreparedDataset.load(data_dir)
+    dataset.day_mask[dataset.test_rows] = False
+    dataset.save(tmp_path / "data")
+    args = [a if a != "synthetic-city" else str(tmp_path / "data") for a in TINY]
+    result = train(*args, "--output_dir", str(tmp_path / "run"), "--final_evaluation", check=False)
+    assert result.returncode == 1 and "no test node has a valid day, so --final_evaluation" in last_line(result)
+    assert not (tmp_path / "run" / "checkpoints").exists()
