@@ -552,9 +552,10 @@ def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[fl
     VALIDATION nodes (training-side nodes excluded from training), scored like the test: MAE between each
     node's mean valid day and its ``f`` in data units. The donors (``b = 1``) stay unless ``f(phi)``'s gain
     exceeds the noise of the validation nodes (the standard error of the per-node differences, as in
-    :func:`choose_level_estimate_weight`; with one validation node ``b = 1``): on a 15-zone NYC-Bike proxy a
-    regression fitted to 9 training zones beat the donors on both of two validation zones and then lost the test
-    band by 25 % in MAE (``bench/README.md``, session 20). A pipeline with several day types
+    :func:`choose_level_estimate_weight`; with one validation node ``b = 1``). Where the validation nodes agree,
+    this is the lowest MAE's choice: on a 15-zone NYC-Bike proxy both validation zones preferred a regression
+    fitted to 9 training zones by the same margin, and it then lost the test band by 25 % in MAE; no rule on those
+    two zones tells that case apart (``bench/README.md``, sessions 20-21). A pipeline with several day types
     is scored on every (node, day type) with days of that type, against the node's mean day of the type.
 
     Returns:
