@@ -18,7 +18,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ..data.days import DAY_TYPES
 from ..delay_embedding import DelayEmbedding
@@ -72,7 +72,7 @@ def _mismatched_weights_message(path, key: str, expected: str, found: str) -> st
             with safe_open(weights, framework="pt") as file:
                 if key in file.keys() and list(file.get_slice(key).get_shape()) == json.loads(found):
                     folders.append(f"{name}/{weights.name}")
-        except Exception:  # no local file, or one that another check reports
+        except (OSError, SafetensorError):  # no local file (a Hub id), or one that another check reports
             continue
     where = ", ".join(folders) or "a component's weights file"
     return (
