@@ -379,6 +379,40 @@ def test_a_places_days_cover_the_donor_mixture_evenly(city):
         prior.donor_days(index, mean_day, 0.0, None, sample_index=torch.arange(slots) + 1, num_samples=slots)
 
 
+def _drawn_level_errors(prior, days: torch.Tensor, copies: torch.Tensor, level_noise: float) -> np.ndarray:
+    """``(B,)`` the bank row of the level error each day was spread by (multiplicative level noise)."""
+    days, copies = ((x * prior.feature_std_ + prior.feature_mean_).numpy() for x in (days, copies))
+    busy = copies > 1e-3 * np.abs(copies).max()
+    ratio = np.nanmedian(np.where(busy, days / np.where(busy, copies, 1.0), np.nan), axis=-1)  # (B, D)
+    errors = prior.level_error.numpy()  # (num_bank, D)
+    factors = np.exp(level_noise * errors) / np.exp(level_noise * errors).mean(axis=0)
+    distance = np.abs(np.log(ratio)[:, None] - np.log(factors)[None]).max(axis=-1)  # (B, num_bank)
+    assert (distance.min(axis=1) < 1e-3).all()
+    return distance.argmin(axis=1)
+
+
+def test_a_places_level_errors_are_stratified_apart_from_its_donors(city):
+    prior = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=8)).donor_prior
+    assert prior.config.level_mode == "multiplicative" and prior.config.has_level_errors
+    row, num_bank = int(city.test_rows[0]), prior.config.num_bank
+    index = prior.candidate_index[[row] * num_bank]
+    mean_day = prior(torch.tensor([row] * num_bank))[0]
+
+    def draw(sample_index):
+        streams = [torch.Generator().manual_seed(day) for day in range(num_bank)]
+        return prior.donor_days(index, mean_day, 0.0, streams, level_noise=0.7, sample_index=sample_index,
+                                num_samples=num_bank, return_copies=True)
+
+    days, copies = draw(torch.arange(num_bank))
+    drawn = _drawn_level_errors(prior, days, copies, 0.7)
+    assert sorted(drawn.tolist()) == list(range(num_bank))  # as many days as donors: each donor's error once
+    for num_samples in (5, 8, 15, 20, 40):  # a day's slice of errors does not follow its slice of donors
+        donor_slices, error_slices = (_spread_order(num_samples, "cpu", base).numpy() for base in (2, 3))
+        assert abs(np.corrcoef(donor_slices, error_slices)[0, 1]) < 0.3
+    iid = _drawn_level_errors(prior, *draw(None), 0.7)
+    assert len(set(iid.tolist())) < num_bank  # independent draws repeat some errors by chance
+
+
 def test_the_pipeline_copies_each_candidate_once_when_asked_for_as_many_days(city):
     pipe = build_pipeline(city, KGDiffModelConfig(**SMALL, num_bank_days=8))
     pipe.set_progress_bar_config(disable=True)

@@ -462,7 +462,11 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         with probability ``random_donor_share``, else a candidate, in that order), so the place's days cover the
         mixture evenly instead of by chance (5 independent draws from 16 candidates repeat one in about half the
         sets, and their number of random donors varies from 0 to 5). Days take the slices in van der Corput
-        order, so the first ``n`` of them are spread over the mixture too.
+        order, so the first ``n`` of them are spread over the mixture too. Level noise is stratified the same
+        way over the donors' level errors ranked by their mean over features, in base-3 order, so that a day's
+        slice of errors does not follow its slice of donors: a place's mean level no longer carries the luck of
+        its draws (on NYC-Bike the level factor of 20 independent days has a standard deviation of 8 % at
+        ``lam = 0.5`` and 16 % at ``lam = 1``).
 
         Args:
             index: ``(B, 2K)`` candidate bank rows of each generated day (from :meth:`candidates_for` or the
@@ -527,7 +531,12 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
             day = day + (level_exponent * (level - donor_level)).unsqueeze(-1)
         copies = day
         if level_noise > 0:
-            day = self._with_level_noise(day, draws[:, 4], day_types, level_noise)
+            level_draw = draws[:, 4]
+            if sample_index is not None:
+                # the level errors stratified too, in base-3 order so that a day's slice of errors does not follow
+                # its slice of donors
+                level_draw = (_spread_order(num_samples, draws.device, base=3)[sample_index] + level_draw) / num_samples
+            day = self._with_level_noise(day, level_draw, day_types, level_noise)
         day = (day - self.feature_mean_) / self.feature_std_
         return (day, (copies - self.feature_mean_) / self.feature_std_) if return_copies else day
 
@@ -586,7 +595,10 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         """``(B, D, T)`` days (data units) with the level of a donor drawn by ``(B,)`` uniforms ``draw``."""
         num_bank = self.config.num_bank
         errors = self.level_error.view(self.config.num_day_types, num_bank, -1)[day_types]  # (B, num_bank, D)
-        drawn = errors[torch.arange(len(draw)), (draw * num_bank).long().clamp_max(num_bank - 1)]  # (B, D)
+        # by rank of the mean error over features, so that stratified draws spread over the errors' values
+        ranked = errors.mean(-1).argsort(dim=1)  # (B, num_bank)
+        rows = torch.arange(len(draw), device=draw.device)
+        drawn = errors[rows, ranked[rows, (draw * num_bank).long().clamp_max(num_bank - 1)]]  # (B, D)
         if self.config.level_mode == "multiplicative":
             # exp(lam e_j) / mean_i exp(lam e_i), in logs so that a large lam cannot overflow
             log_mean = torch.logsumexp(level_noise * errors, dim=1) - math.log(num_bank)
@@ -656,15 +668,16 @@ class KGDiffDonorPrior(ModelMixin, ConfigMixin):
         return counts.log1p()
 
 
-def _spread_order(num_samples: int, device: torch.device) -> torch.Tensor:
-    """``(num_samples,)`` a permutation of the slices ``0..num_samples - 1`` by the van der Corput sequence (bit
-    reversal: 0, 1/2, 1/4, 3/4, ...): every prefix of it is spread over ``[0, num_samples)``."""
+def _spread_order(num_samples: int, device: torch.device, base: int = 2) -> torch.Tensor:
+    """``(num_samples,)`` a permutation of the slices ``0..num_samples - 1`` by the van der Corput sequence in
+    ``base`` (base 2, bit reversal: 0, 1/2, 1/4, 3/4, ...): every prefix of it is spread over ``[0, num_samples)``.
+    Two bases give two orders whose pairs are spread over the square too (a Halton sequence)."""
     index = torch.arange(num_samples, device=device)
     radical_inverse = torch.zeros(num_samples, dtype=torch.float64, device=device)
-    bit, scale = index.clone(), 0.5
-    while bool((bit > 0).any()):
-        radical_inverse += (bit % 2) * scale
-        bit, scale = bit // 2, scale / 2
+    digit, scale = index.clone(), 1.0 / base
+    while bool((digit > 0).any()):
+        radical_inverse += (digit % base) * scale
+        digit, scale = digit // base, scale / base
     return torch.argsort(torch.argsort(radical_inverse))
 
 
