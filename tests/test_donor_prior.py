@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import safetensors.torch
+import scipy.stats
 import torch
 
 from kgdiff_diffusers import KGDiffPipeline
@@ -24,6 +25,7 @@ from kgdiff_diffusers.training import (
     START_STRENGTHS,
     VALIDATION_DRAW_STRIDE,
     KGDiffModelConfig,
+    _within_one_standard_error,
     build_pipeline,
     choose_donor_day_start,
     choose_prior_blend,
@@ -214,15 +216,29 @@ def test_prior_centred_residual_targets_the_deviation_from_the_estimate_of_other
 
 def _blend_by_one_standard_error(pipe: KGDiffPipeline, donors, learned, real: np.ndarray) -> float:
     """The largest b in 0, 0.1, ..., 1 whose mean validation MAE is within one standard error (of the per-node
-    differences to the best b) of the lowest; one feature."""
+    differences to the best b, scaled by the t quantile of V - 1 degrees of freedom at 84 %) of the lowest; one
+    feature."""
     grid = np.linspace(0, 1, 11)
     errors = np.stack([
         np.abs(pipe._clip_to_range(pipe._to_data_units(b * donors + (1 - b) * learned)).numpy() - real).mean(1)[:, 0]
         for b in grid
     ])  # (grid, V)
     best = errors.mean(1).argmin()
-    standard_error = (errors - errors[best]).std(1, ddof=1) / np.sqrt(errors.shape[1])
-    return float(grid[np.nonzero(errors.mean(1) <= errors[best].mean() + standard_error)[0][-1]])
+    num_nodes = errors.shape[1]
+    standard_error = (errors - errors[best]).std(1, ddof=1) / np.sqrt(num_nodes)
+    margin = scipy.stats.t.ppf(scipy.stats.norm.cdf(1.0), num_nodes - 1) * standard_error
+    return float(grid[np.nonzero(errors.mean(1) <= errors[best].mean() + margin)[0][-1]])
+
+
+def test_one_standard_error_from_few_nodes_is_the_t_quantiles():
+    # (W=2 settings, V=2 nodes, D=1): the second setting is worse by 3 at one node and by 0.5 at the other, a mean
+    # gap of 1.75 = 1.4 standard errors: beyond one normal standard error, within the 1.84 of one degree of freedom.
+    errors = torch.tensor([[[1.0], [1.0]], [[4.0], [1.5]]])
+    assert _within_one_standard_error(errors)[:, 0].tolist() == [True, True]
+    # The same gaps at 16 nodes: a standard error of 0.32 and a t quantile of 1.03 (15 degrees of freedom).
+    many = errors.repeat(1, 8, 1)
+    assert _within_one_standard_error(many)[:, 0].tolist() == [True, False]
+    assert _within_one_standard_error(errors[:, :1]).all()  # one node measures no noise
 
 
 def test_the_blend_is_chosen_on_validation_nodes_and_used_for_f(city):

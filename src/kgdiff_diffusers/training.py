@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 import torch
 import torch.nn.functional as F
 
@@ -488,7 +489,9 @@ def _within_one_standard_error(errors: torch.Tensor) -> torch.Tensor:
     Args:
         errors: ``(W, V, D)`` per setting, validation node and feature. The standard error is that of the
             per-node differences to the best setting (lowest mean error per feature), over the ``V`` nodes; one
-            node cannot measure it, so with ``V = 1`` every setting is within.
+            node cannot measure it, so with ``V = 1`` every setting is within. A standard error from ``V`` nodes
+            has ``V - 1`` degrees of freedom, so "one standard error" is the t quantile of one normal standard
+            error's one-sided level (84 %): 1.84 standard errors with 2 nodes, 1.32 with 3, 1.02 with 31.
     """
     if not torch.isfinite(errors).all():
         raise ValueError("validation errors are not finite (NaN/inf in a validation node's days or the model's output)")
@@ -497,8 +500,9 @@ def _within_one_standard_error(errors: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(mean_error, dtype=torch.bool)
     best = mean_error.argmin(dim=0)  # (D,)
     gap = errors - errors.gather(0, best.view(1, 1, -1).expand(1, *errors.shape[1:]))  # (W, V, D)
-    standard_error = gap.std(dim=1) / errors.shape[1] ** 0.5
-    return mean_error <= mean_error.gather(0, best.view(1, -1)) + standard_error
+    num_nodes = errors.shape[1]
+    margin = float(scipy.stats.t.ppf(scipy.stats.norm.cdf(1.0), num_nodes - 1)) * gap.std(dim=1) / num_nodes**0.5
+    return mean_error <= mean_error.gather(0, best.view(1, -1)) + margin
 
 
 LEVEL_ESTIMATE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -508,11 +512,11 @@ LEVEL_ESTIMATE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 def choose_level_estimate_weight(pipe: KGDiffPipeline, dataset) -> list[float] | None:
     """Sets ``pipe``'s ``level_estimate_weight`` (per feature) from :data:`LEVEL_ESTIMATE_WEIGHTS` by the VALIDATION
     nodes' mean absolute log error of the level ``exp(w log L_est + (1 - w) log L_donors)``: the smallest ``w``
-    whose error is within one standard error (of its per-node difference to the best ``w``) of the best (``w = 0``
-    with one validation node). So the donors' level stays unless the estimate's gain exceeds the noise of a few
-    validation nodes (on METR-LA the plain minimum picked ``w > 0`` for gains of 1-2 % that the test nodes did not
-    share). Run before
-    :func:`choose_prior_blend`, which then blends the relevelled prior.
+    whose error is within one standard error (of its per-node difference to the best ``w``, t-scaled for few nodes:
+    :func:`_within_one_standard_error`) of the best (``w = 0`` with one validation node). So the donors' level stays
+    unless the estimate's gain exceeds the noise of a few validation nodes (on METR-LA the plain minimum picked
+    ``w > 0`` for gains of 1-2 % that the test nodes did not share). Run before :func:`choose_prior_blend`, which then
+    blends the relevelled prior.
 
     Returns:
         the chosen ``(D,)`` weights, or ``None`` (left unchanged) without a level estimator or validation
@@ -551,12 +555,13 @@ def choose_prior_blend(pipe: KGDiffPipeline, dataset, grid: int = 11) -> list[fl
     resemble an unseen place (NYC-Bike), the KG regression where the KG explains the days. The choice uses only
     VALIDATION nodes (training-side nodes excluded from training), scored like the test: MAE between each
     node's mean valid day and its ``f`` in data units. The donors (``b = 1``) stay unless ``f(phi)``'s gain
-    exceeds the noise of the validation nodes (the standard error of the per-node differences, as in
-    :func:`choose_level_estimate_weight`; with one validation node ``b = 1``). Where the validation nodes agree,
-    this is the lowest MAE's choice: on a 15-zone NYC-Bike proxy both validation zones preferred a regression
-    fitted to 9 training zones by the same margin, and it then lost the test band by 25 % in MAE; no rule on those
-    two zones tells that case apart (``bench/README.md``, sessions 20-21). A pipeline with several day types
-    is scored on every (node, day type) with days of that type, against the node's mean day of the type.
+    exceeds the noise of the validation nodes (the standard error of the per-node differences, t-scaled for few
+    nodes, as in :func:`choose_level_estimate_weight`; with one validation node ``b = 1``). Where the validation
+    nodes agree, this is the lowest MAE's choice: on a 15-zone NYC-Bike proxy both validation zones preferred a
+    regression fitted to 9 training zones by the same margin (5-18 standard errors), and it then lost the test band by
+    25 % in MAE; no rule on those two zones tells that case apart (``bench/README.md``, sessions 20-22). A pipeline
+    with several day types is scored on every (node, day type) with days of that type, against the node's mean day
+    of the type.
 
     Returns:
         the chosen ``(D,)`` weights, or ``None`` (left unchanged) when the pipeline lacks one of the two
